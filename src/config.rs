@@ -1,0 +1,114 @@
+//! Configuration: every flag also reads an environment variable (DESIGN.md, "Contract").
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+
+/// Service configuration shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "AUDITHOOK_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// `sqlite://PATH` (created if missing) or `postgres://...`.
+    #[arg(
+        long,
+        env = "AUDITHOOK_DATABASE_URL",
+        default_value = "sqlite://audithook.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Bearer token the hook must present; generated and kept in the store when unset.
+    #[arg(long, env = "AUDITHOOK_HOOK_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
+    pub hook_token: Option<SecretString>,
+
+    /// `user:password` accepted as HTTP Basic on the hook.
+    #[arg(long, env = "AUDITHOOK_HOOK_BASIC", value_parser = parse_secret, hide_env_values = true, global = true)]
+    pub hook_basic: Option<SecretString>,
+
+    /// HMAC-SHA256 secret for `X-LD-Signature` on the hook.
+    #[arg(long, env = "AUDITHOOK_HOOK_SECRET", value_parser = parse_secret, hide_env_values = true, global = true)]
+    pub hook_secret: Option<SecretString>,
+
+    /// Token for every read route; generated and kept in the store when unset.
+    #[arg(long, env = "AUDITHOOK_API_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
+    pub api_token: Option<SecretString>,
+
+    /// Directory of `*.hbs` templates.
+    #[arg(long, env = "AUDITHOOK_TEMPLATES", default_value = "templates", global = true)]
+    pub templates: PathBuf,
+
+    /// Largest hook body in bytes.
+    #[arg(long, env = "AUDITHOOK_MAX_BODY", default_value_t = 1_048_576, global = true)]
+    pub max_body: usize,
+
+    /// LaunchDarkly API access token for backfill and catch-up.
+    #[arg(long, env = "LD_API_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
+    pub ld_api_token: Option<SecretString>,
+
+    /// LaunchDarkly API base URL.
+    #[arg(long, env = "LD_BASE_URL", default_value = "https://app.launchdarkly.com", global = true)]
+    pub ld_base_url: String,
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+impl Config {
+    /// A configuration with every default and the given database URL (used by tests and tools).
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: database_url.into(),
+            hook_token: None,
+            hook_basic: None,
+            hook_secret: None,
+            api_token: None,
+            templates: PathBuf::from("templates"),
+            max_body: 1_048_576,
+            ld_api_token: None,
+            ld_base_url: "https://app.launchdarkly.com".into(),
+        }
+    }
+}
+
+/// The database URL with any password replaced by `***`, fit for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_password_only() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/audit"),
+            "postgres://app:***@db:5432/audit"
+        );
+        assert_eq!(redact_url("postgres://app@db/audit"), "postgres://app@db/audit");
+        assert_eq!(redact_url("sqlite://audithook.db"), "sqlite://audithook.db");
+    }
+}

@@ -1,0 +1,355 @@
+//! The event model: turning a received body (hook default payload or REST entry) into a
+//! [`NewEvent`] for the store, and a stored body back into LaunchDarkly's listing shape.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Longest `_id` accepted (LaunchDarkly's are 24 hex characters).
+pub const MAX_ID_LEN: usize = 128;
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Delivered to `POST /hooks/launchdarkly`.
+    Hook,
+    /// Pulled from LaunchDarkly's REST API.
+    Rest,
+}
+
+impl Source {
+    /// The name kept in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Hook => "hook",
+            Source::Rest => "rest",
+        }
+    }
+}
+
+/// One access recorded on an entry: what was done to which resource.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct Access {
+    #[serde(default)]
+    pub action: String,
+    #[serde(default)]
+    pub resource: String,
+}
+
+/// A validated event ready to store: the raw body plus the columns readers filter on.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    /// Event time in epoch milliseconds.
+    pub date: i64,
+    pub kind: String,
+    pub name: String,
+    pub title: String,
+    pub member_id: Option<String>,
+    pub member_email: Option<String>,
+    pub token_id: Option<String>,
+    /// Accesses as JSON (`[{"action":..,"resource":..}]`).
+    pub accesses: String,
+    /// Resource specifiers (accesses and target), newline-separated.
+    pub resources: String,
+    /// Lower-cased text `q` searches.
+    pub search: String,
+    /// The body exactly as received.
+    pub raw: String,
+    pub source: Source,
+}
+
+/// Why a body is not an acceptable event. Each maps to a `400`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EventError {
+    #[error("body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("body must be a JSON object (one audit-log event), not {0}")]
+    NotObject(&'static str),
+    #[error("event has no `_id` string")]
+    MissingId,
+    #[error("event `_id` must be 1 to {MAX_ID_LEN} characters")]
+    BadId,
+    #[error("event has no time: expected `date` (epoch ms) or `timestamp.milliseconds`")]
+    MissingTime,
+    #[error("event field has the wrong type: {0}")]
+    WrongType(String),
+}
+
+impl EventError {
+    /// Short reason label used in metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EventError::Malformed(_) => "malformed_json",
+            EventError::NotObject(_) => "not_object",
+            EventError::MissingId | EventError::BadId => "no_id",
+            EventError::MissingTime => "no_time",
+            EventError::WrongType(_) => "wrong_type",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "_id", borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    date: Option<i64>,
+    timestamp: Option<Timestamp>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    member: Option<Member>,
+    #[serde(default)]
+    token: Option<Token>,
+    #[serde(default)]
+    accesses: Option<Vec<Access>>,
+    #[serde(default)]
+    target: Option<Target>,
+}
+
+#[derive(Deserialize)]
+struct Timestamp {
+    milliseconds: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    #[serde(rename = "_id")]
+    id: Option<String>,
+    email: Option<String>,
+    #[serde(rename = "firstName")]
+    first_name: Option<String>,
+    #[serde(rename = "lastName")]
+    last_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Token {
+    #[serde(rename = "_id")]
+    id: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Target {
+    #[serde(default)]
+    resources: Option<Vec<String>>,
+}
+
+/// Validates a body and extracts the stored columns. The raw bytes are kept unchanged.
+pub fn normalise(body: &[u8], source: Source) -> Result<NewEvent, EventError> {
+    let incoming: Incoming = serde_json::from_slice(body).map_err(|e| classify(body, e))?;
+    let id = incoming.id.ok_or(EventError::MissingId)?.into_owned();
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(EventError::BadId);
+    }
+    let date = incoming
+        .date
+        .or_else(|| incoming.timestamp.and_then(|t| t.milliseconds))
+        .ok_or(EventError::MissingTime)?;
+    let accesses = incoming.accesses.unwrap_or_default();
+    let mut resources: Vec<&str> = accesses.iter().map(|a| a.resource.as_str()).collect();
+    if let Some(target) = &incoming.target {
+        for r in target.resources.iter().flatten() {
+            if !resources.contains(&r.as_str()) {
+                resources.push(r);
+            }
+        }
+    }
+    let resources = resources.join("\n");
+    let (member_id, member_email, member_name) = match incoming.member {
+        Some(m) => {
+            let name = [m.first_name.as_deref(), m.last_name.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
+            (m.id, m.email, name)
+        }
+        None => (None, None, String::new()),
+    };
+    let (token_id, token_name) = match incoming.token {
+        Some(t) => (t.id, t.name),
+        None => (None, None),
+    };
+    let kind = incoming.kind.unwrap_or_default();
+    let name = incoming.name.unwrap_or_default();
+    let title = incoming.title.unwrap_or_default();
+    let search = [
+        name.as_str(),
+        title.as_str(),
+        kind.as_str(),
+        incoming.description.as_deref().unwrap_or(""),
+        incoming.comment.as_deref().unwrap_or(""),
+        member_email.as_deref().unwrap_or(""),
+        member_name.as_str(),
+        token_name.as_deref().unwrap_or(""),
+        resources.as_str(),
+    ]
+    .join("\n")
+    .to_lowercase();
+    let accesses = serde_json::to_string(&accesses).map_err(|e| EventError::WrongType(e.to_string()))?;
+    // The body parsed as JSON, so it is valid UTF-8.
+    let raw = String::from_utf8(body.to_vec()).map_err(|e| EventError::Malformed(e.to_string()))?;
+    Ok(NewEvent {
+        id,
+        date,
+        kind,
+        name,
+        title,
+        member_id,
+        member_email,
+        token_id,
+        accesses,
+        resources,
+        search,
+        raw,
+        source,
+    })
+}
+
+fn classify(body: &[u8], e: serde_json::Error) -> EventError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => EventError::Malformed(e.to_string()),
+        Category::Data => {
+            let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+            match first {
+                Some(b'{') => EventError::WrongType(e.to_string()),
+                Some(b'[') => EventError::NotObject("an array"),
+                Some(b'"') => EventError::NotObject("a string"),
+                Some(b'n') => EventError::NotObject("null"),
+                Some(b't' | b'f') => EventError::NotObject("a boolean"),
+                _ => EventError::NotObject("a number"),
+            }
+        }
+    }
+}
+
+/// Fields LaunchDarkly's `AuditLogEntryListingRep` requires, with the default used when a
+/// stored body lacks one.
+const REQUIRED_STRINGS: [&str; 4] = ["_accountId", "kind", "name", "description"];
+
+/// Turns a stored body into LaunchDarkly's `AuditLogEntryListingRep` shape.
+///
+/// A REST entry is returned as stored. A hook default payload gains `date` (from
+/// `timestamp.milliseconds`), `accesses` (empty when absent) and the required strings;
+/// its other fields (`timestamp`, `markdownTitle`, ...) are kept.
+pub fn listing_rep(raw: &str, date: i64, id: &str) -> Value {
+    let mut map: Map<String, Value> = match serde_json::from_str(raw) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    if !map.contains_key("_links") {
+        let href = format!("/api/v2/auditlog/{id}");
+        map.insert(
+            "_links".into(),
+            serde_json::json!({"self": {"href": href, "type": "application/json"}}),
+        );
+    }
+    if !map.get("date").is_some_and(Value::is_i64) {
+        map.insert("date".into(), Value::from(date));
+    }
+    if !map.get("accesses").is_some_and(Value::is_array) {
+        map.insert("accesses".into(), Value::Array(Vec::new()));
+    }
+    for key in REQUIRED_STRINGS.iter().chain(["shortDescription"].iter()) {
+        if !map.get(*key).is_some_and(Value::is_string) {
+            map.insert((*key).into(), Value::String(String::new()));
+        }
+    }
+    Value::Object(map)
+}
+
+/// Whether a LaunchDarkly resource specifier pattern (`*` globs, e.g.
+/// `proj/*:env/production:flag/*`) matches a resource. A pattern also matches every
+/// resource beneath what it names: `proj/default` matches `proj/default:env/test:flag/x`.
+/// Tags (`;tag1,tag2`) are ignored on both sides.
+pub fn spec_matches(pattern: &str, resource: &str) -> bool {
+    let pattern = strip_tags(pattern);
+    let resource = strip_tags(resource);
+    if glob(pattern.as_bytes(), resource.as_bytes()) {
+        return true;
+    }
+    resource
+        .match_indices(':')
+        .any(|(i, _)| glob(pattern.as_bytes(), resource[..i].as_bytes()))
+}
+
+fn strip_tags(spec: &str) -> std::borrow::Cow<'_, str> {
+    if !spec.contains(';') {
+        return std::borrow::Cow::Borrowed(spec);
+    }
+    let parts: Vec<&str> = spec.split(':').map(|p| p.split(';').next().unwrap_or(p)).collect();
+    std::borrow::Cow::Owned(parts.join(":"))
+}
+
+/// `*` matches any run of bytes; everything else matches itself. Iterative, no allocation.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_and_prefix_matching() {
+        assert!(spec_matches("proj/*:env/production:flag/*", "proj/default:env/production:flag/a"));
+        assert!(!spec_matches("proj/*:env/production:flag/*", "proj/default:env/test:flag/a"));
+        assert!(spec_matches("proj/default", "proj/default:env/test:flag/a"));
+        assert!(!spec_matches("proj/def", "proj/default:env/test:flag/a"));
+        assert!(spec_matches("proj/*;ops:env/*", "proj/x;ops,web:env/prod"));
+        assert!(spec_matches("*", "member/123"));
+        assert!(!spec_matches("flag/*", "proj/x:env/y:flag/z"));
+    }
+
+    #[test]
+    fn classifies_bad_bodies() {
+        assert_eq!(normalise(b"[1]", Source::Hook).unwrap_err(), EventError::NotObject("an array"));
+        assert_eq!(normalise(b" 42", Source::Hook).unwrap_err(), EventError::NotObject("a number"));
+        assert!(matches!(normalise(b"{\"_id\":", Source::Hook), Err(EventError::Malformed(_))));
+        assert_eq!(normalise(b"{\"date\":1}", Source::Hook).unwrap_err(), EventError::MissingId);
+        assert_eq!(normalise(b"{\"_id\":\"a\"}", Source::Hook).unwrap_err(), EventError::MissingTime);
+        assert!(matches!(
+            normalise(b"{\"_id\":5,\"date\":1}", Source::Hook),
+            Err(EventError::WrongType(_))
+        ));
+    }
+
+    #[test]
+    fn hook_payload_gets_listing_fields() {
+        let raw = r#"{"_id":"x","timestamp":{"milliseconds":5},"kind":"flag","name":"n"}"#;
+        let ev = normalise(raw.as_bytes(), Source::Hook).unwrap();
+        assert_eq!(ev.date, 5);
+        let rep = listing_rep(raw, ev.date, &ev.id);
+        assert_eq!(rep["date"], 5);
+        assert_eq!(rep["accesses"], serde_json::json!([]));
+        assert_eq!(rep["description"], "");
+        assert_eq!(rep["_links"]["self"]["href"], "/api/v2/auditlog/x");
+    }
+}

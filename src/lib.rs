@@ -1,0 +1,223 @@
+//! audithook: keeps a complete, searchable, exportable copy of an organisation's audit log.
+//!
+//! [`Application::build`] opens the store, resolves credentials and binds the listener;
+//! [`app`] builds the router (tests call it directly).
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod metrics;
+pub mod routes;
+pub mod store;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{HookAuth, ReadAuth};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::store::Store;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub hook_auth: Arc<HookAuth>,
+    pub read_auth: Arc<ReadAuth>,
+}
+
+/// The router with every route and layer.
+pub fn app(state: AppState) -> Router {
+    let read = Router::new()
+        .merge(routes::auditlog::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_read_token));
+    Router::new()
+        .merge(routes::hooks::router())
+        .merge(read)
+        .merge(routes::health::router())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(state.clone(), record_latency))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+            tracing::info_span!("request", method = %req.method(), route = route.as_deref().unwrap_or("-"))
+        }))
+        .with_state(state)
+}
+
+async fn require_read_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    if !state.read_auth.check(presented) {
+        return ApiError::unauthorized(
+            "send the read token (AUDITHOOK_API_TOKEN) as `Authorization: Bearer <token>` or `Authorization: <token>`",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn record_latency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    let labels = RequestLabels { method, route, status: response.status().as_u16() };
+    state.metrics.request_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    response
+}
+
+/// A configured token's digest, or the digest of one generated on first start and kept in
+/// the store. A generated token is printed once, when it is made.
+async fn resolve_token(
+    store: &Store,
+    configured: Option<&secrecy::SecretString>,
+    key: &str,
+    variable: &str,
+    prefix: &str,
+) -> anyhow::Result<auth::SecretDigest> {
+    if let Some(token) = configured {
+        return Ok(auth::digest(token.expose_secret().as_bytes()));
+    }
+    let setting = format!("{key}_sha256");
+    if let Some(kept) = store.setting(&setting).await? {
+        return decode_digest(&kept);
+    }
+    let token = auth::generate_token(prefix);
+    let fresh = hex::encode(auth::digest(token.as_bytes()));
+    let kept = store.setting_insert_if_absent(&setting, &fresh).await?;
+    if kept == fresh {
+        // Printed once, at generation; the store keeps only its digest.
+        tracing::warn!(
+            "generated {variable}={token} (shown only this once; the store keeps its SHA-256). \
+             Set {variable} to use your own."
+        );
+    }
+    decode_digest(&kept)
+}
+
+fn decode_digest(hex_digest: &str) -> anyhow::Result<auth::SecretDigest> {
+    let bytes = hex::decode(hex_digest)?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("stored token digest has the wrong length"))
+}
+
+/// Builds the shared state: opens the store and resolves every credential.
+pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(&cfg.database_url, metrics.clone()).await?;
+    let hook_token =
+        resolve_token(&store, cfg.hook_token.as_ref(), "hook_token", "AUDITHOOK_HOOK_TOKEN", "ahk_").await?;
+    let api_token = resolve_token(&store, cfg.api_token.as_ref(), "api_token", "AUDITHOOK_API_TOKEN", "ahr_").await?;
+    if hook_token == api_token {
+        anyhow::bail!("AUDITHOOK_HOOK_TOKEN and AUDITHOOK_API_TOKEN must differ: the token LaunchDarkly holds must not read");
+    }
+    let hook_auth = HookAuth::new(hook_token, cfg.hook_basic.as_ref(), cfg.hook_secret.as_ref());
+    Ok(AppState {
+        store,
+        cfg: Arc::new(cfg),
+        metrics,
+        hook_auth: Arc::new(hook_auth),
+        read_auth: Arc::new(ReadAuth { token: api_token }),
+    })
+}
+
+/// A built, bound service, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Opens the store, resolves credentials and binds `cfg.listen` (port 0 picks a free port).
+    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        let listen = cfg.listen;
+        let state = build_state(cfg).await?;
+        let listener =
+            TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        Ok(Self { listener, state, shutdown: CancellationToken::new() })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Cancelling this token stops the server as SIGTERM does.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until SIGINT/SIGTERM or the shutdown token: stops accepting, finishes
+    /// in-flight requests, then commits what is queued and closes the store.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self { listener, state, shutdown } = self;
+        tracing::info!(addr = %listener.local_addr()?, "audithook listening");
+        let store = state.store.clone();
+        let router = app(state);
+        let stop = shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = stop.cancelled() => {}
+                }
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await?;
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,127 @@
+//! `GET /api/v2/auditlog` and `GET /api/v2/auditlog/{id}`: LaunchDarkly-compatible reads.
+//!
+//! Parameters as LaunchDarkly's API takes them (`before`, `after` exclusive epoch ms, `q`,
+//! `spec`, repeatable `member` and `token`, `limit`), items newest first, `_links.next`
+//! while more remain. The next link carries an opaque `cursor` so that entries sharing one
+//! millisecond are paged exactly.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, Result};
+use crate::event::listing_rep;
+use crate::store::{Cursor, Filter};
+use crate::AppState;
+
+/// Path of the listing route.
+pub const LIST_PATH: &str = "/api/v2/auditlog";
+/// Default page size, as LaunchDarkly's.
+pub const DEFAULT_LIMIT: usize = 10;
+/// Largest page size.
+pub const MAX_LIMIT: usize = 1000;
+
+/// Read routes of the LaunchDarkly-compatible API.
+pub fn router() -> Router<AppState> {
+    Router::new().route(LIST_PATH, get(list_entries)).route("/api/v2/auditlog/{id}", get(get_entry))
+}
+
+/// Parsed listing parameters.
+#[derive(Debug, Default)]
+pub struct ListParams {
+    pub filter: Filter,
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+    /// The parameters as received, except `cursor`, to build links from.
+    pub passthrough: Vec<(String, String)>,
+}
+
+fn parse_ms(name: &str, value: &str) -> Result<i64> {
+    value.trim().parse::<i64>().map_err(|_| {
+        ApiError::bad_request(format!("parameter `{name}` must be a Unix time in milliseconds, got {value:?}"))
+    })
+}
+
+/// Parses the query string of `GET /api/v2/auditlog`. Unknown parameters are ignored, as
+/// LaunchDarkly's clients may send more than we use.
+pub fn parse_list_params(query: Option<&str>) -> Result<ListParams> {
+    let mut p = ListParams { limit: DEFAULT_LIMIT, ..Default::default() };
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "before" => p.filter.before = Some(parse_ms("before", &value)?),
+            "after" => p.filter.after = Some(parse_ms("after", &value)?),
+            "q" if !value.is_empty() => p.filter.q = Some(value.to_string()),
+            "spec" if !value.is_empty() => p.filter.spec = Some(value.to_string()),
+            "member" if !value.is_empty() => p.filter.members.push(value.to_string()),
+            "token" if !value.is_empty() => p.filter.tokens.push(value.to_string()),
+            "limit" => {
+                p.limit = value
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "parameter `limit` must be an integer from 1 to {MAX_LIMIT}, got {value:?}"
+                        ))
+                    })?;
+            }
+            "cursor" => {
+                p.cursor = Some(parse_cursor(&value).ok_or_else(|| {
+                    ApiError::bad_request("parameter `cursor` is not one this server issued; follow `_links.next` as given")
+                })?);
+                continue;
+            }
+            _ => {}
+        }
+        p.passthrough.push((key.into_owned(), value.into_owned()));
+    }
+    Ok(p)
+}
+
+fn parse_cursor(v: &str) -> Option<Cursor> {
+    let (date, id) = v.split_once('_')?;
+    Some(Cursor { date: date.parse().ok()?, id: id.to_owned() })
+}
+
+fn link(path: &str, params: &[(String, String)], cursor: Option<&Cursor>) -> Value {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        ser.append_pair(k, v);
+    }
+    if let Some(c) = cursor {
+        ser.append_pair("cursor", &format!("{}_{}", c.date, c.id));
+    }
+    let query = ser.finish();
+    let href = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+    json!({"href": href, "type": "application/json"})
+}
+
+#[tracing::instrument(skip_all)]
+async fn list_entries(State(AppState { store, .. }): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Value>> {
+    let params = parse_list_params(query.as_deref())?;
+    let mut rows = store
+        .list_newest(&params.filter, params.cursor.as_ref(), params.limit + 1)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let more = rows.len() > params.limit;
+    rows.truncate(params.limit);
+    let mut links = serde_json::Map::new();
+    links.insert("self".into(), link(LIST_PATH, &params.passthrough, params.cursor.as_ref()));
+    if more {
+        if let Some(last) = rows.last() {
+            let next = Cursor { date: last.date, id: last.id.clone() };
+            links.insert("next".into(), link(LIST_PATH, &params.passthrough, Some(&next)));
+        }
+    }
+    let items: Vec<Value> = rows.iter().map(|r| listing_rep(&r.raw, r.date, &r.id)).collect();
+    Ok(Json(json!({"items": items, "_links": links})))
+}
+
+#[tracing::instrument(skip_all, fields(event_id = %id))]
+async fn get_entry(State(AppState { store, .. }): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let row = store.get(&id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let row = row.ok_or_else(|| ApiError::not_found(format!("no audit-log entry with _id {id:?}")))?;
+    Ok(Json(listing_rep(&row.raw, row.date, &row.id)))
+}

@@ -1,0 +1,5 @@
+//! HTTP routes, one module per resource.
+
+pub mod auditlog;
+pub mod health;
+pub mod hooks;

@@ -1,0 +1,148 @@
+//! The store: one write path (group commit, dedupe by `_id`) and one query path for every
+//! reader. No SQL outside this module.
+
+pub mod sqlite;
+
+use crate::event::NewEvent;
+use crate::metrics::Metrics;
+use std::sync::Arc;
+
+/// Whether an insert stored a new event or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Stored,
+    Duplicate,
+}
+
+/// A store failure. Always the server's side: the client may retry.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A position in event order (`date` descending, then `_id` descending): rows strictly
+/// after it in that order are returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub date: i64,
+    pub id: String,
+}
+
+/// Filters shared by every reader.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only entries with `date < before`.
+    pub before: Option<i64>,
+    /// Only entries with `date > after`.
+    pub after: Option<i64>,
+    /// Case-insensitive text search.
+    pub q: Option<String>,
+    /// Resource specifier with `*` globs.
+    pub spec: Option<String>,
+    /// Member ids (any of).
+    pub members: Vec<String>,
+    /// Token ids (any of).
+    pub tokens: Vec<String>,
+}
+
+/// One stored event as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub id: String,
+    pub date: i64,
+    pub raw: String,
+}
+
+/// The store. Each method dispatches on the backend.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(Arc<sqlite::SqliteStore>),
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store named by `url`.
+    pub async fn open(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
+        if let Some(path) = sqlite::path_from_url(url) {
+            let store = sqlite::SqliteStore::open(&path, metrics).await?;
+            return Ok(Store::Sqlite(Arc::new(store)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            anyhow::bail!(
+                "database {}: the Postgres backend is not available in this build; use sqlite://PATH",
+                crate::config::redact_url(url)
+            );
+        }
+        anyhow::bail!(
+            "database {}: unsupported URL; expected sqlite://PATH or postgres://...",
+            crate::config::redact_url(url)
+        )
+    }
+
+    /// Stores one event unless an event with its `_id` is already stored. Returns once
+    /// the event is committed.
+    pub async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert(event).await,
+        }
+    }
+
+    /// Stores many events in one transaction; one outcome per event, in order.
+    pub async fn insert_many(&self, events: Vec<NewEvent>) -> Result<Vec<Inserted>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert_many(events).await,
+        }
+    }
+
+    /// One event by `_id`.
+    pub async fn get(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get(id.to_owned()).await,
+        }
+    }
+
+    /// Up to `limit` events matching `filter`, newest first, strictly after `cursor`.
+    pub async fn list_newest(
+        &self,
+        filter: &Filter,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_newest(filter.clone(), cursor.cloned(), limit).await,
+        }
+    }
+
+    /// A small named value (generated credentials and the like).
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.setting(key.to_owned()).await,
+        }
+    }
+
+    /// Sets `key` to `value` unless it already has a value; returns the value now kept.
+    pub async fn setting_insert_if_absent(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.setting_insert_if_absent(key.to_owned(), value.to_owned()).await,
+        }
+    }
+
+    /// Whether the store answers (reads and the writer).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+        }
+    }
+
+    /// Commits what is queued and stops the writer. Later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! SQLite backend: one writer thread committing groups of events, a small pool of read
+//! connections, WAL journal with `synchronous=FULL` so a committed event survives a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Cursor, Filter, Inserted, StoreError, StoredEvent};
+use crate::event::NewEvent;
+use crate::metrics::Metrics;
+
+/// Largest number of events committed in one transaction.
+const MAX_GROUP: usize = 2048;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 16;
+
+/// Migrations, applied in order; the version is the file's timestamp.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    20261121000000,
+    include_str!("../../migrations/sqlite/20261121000000_init.sql"),
+)];
+
+const INSERT_SQL: &str = "INSERT INTO events (id, date, kind, name, title, member_id, member_email, \
+     token_id, accesses, resources, search, source, received_at, raw) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT (id) DO NOTHING";
+
+/// The file path of a `sqlite://PATH` URL (`sqlite:///abs` is absolute), or `None`.
+pub fn path_from_url(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = rest.split('?').next().unwrap_or(rest);
+    Some(PathBuf::from(rest))
+}
+
+enum WriteReq {
+    Insert(Vec<NewEvent>, oneshot::Sender<Result<Vec<Inserted>, StoreError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteReq>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = open_connection(path)?;
+    conn.pragma_update(None, "query_only", "ON")?;
+    conn.create_scalar_function(
+        "spec_match",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let pattern = ctx.get_raw(0).as_str().map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+            let resources = ctx.get_raw(1).as_str().map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+            Ok(resources.split('\n').any(|r| crate::event::spec_matches(pattern, r)))
+        },
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let done: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _migrations WHERE version = ?1)", [version], |r| {
+            r.get(0)
+        })?;
+        if !done {
+            tx.execute_batch(sql)?;
+            tx.execute("INSERT INTO _migrations (version, applied_at) VALUES (?1, ?2)", params![version, now_ms()])?;
+            tracing::info!(version, "applied migration");
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens the file (creating it and its directory if needed), migrates it and starts the writer.
+    pub async fn open(path: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let path = path.to_path_buf();
+        let writer_conn = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || -> anyhow::Result<Connection> {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| anyhow::anyhow!("cannot create directory {}: {e}", dir.display()))?;
+                }
+                let mut conn = open_connection(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot open SQLite database {}: {e}", path.display()))?;
+                migrate(&mut conn).map_err(|e| anyhow::anyhow!("migrating {}: {e}", path.display()))?;
+                Ok(conn)
+            }
+        })
+        .await??;
+        let (tx, rx) = mpsc::channel(8 * MAX_GROUP);
+        std::thread::Builder::new()
+            .name("audithook-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx, &metrics))?;
+        Ok(Self { path, writer: tx, readers: Arc::new(Mutex::new(Vec::new())) })
+    }
+
+    pub(super) async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        let mut out = self.insert_many(vec![event]).await?;
+        out.pop().ok_or_else(|| StoreError::Other("writer returned no outcome".into()))
+    }
+
+    pub(super) async fn insert_many(&self, events: Vec<NewEvent>) -> Result<Vec<Inserted>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer.send(WriteReq::Insert(events, reply)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled read connection in the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let conn = match idle {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
+            let out = f(&conn);
+            if out.is_ok() {
+                if let Ok(mut p) = pool.lock() {
+                    if p.len() < MAX_IDLE_READERS {
+                        p.push(conn);
+                    }
+                }
+            }
+            Ok(out?)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?
+    }
+
+    pub(super) async fn get(&self, id: String) -> Result<Option<StoredEvent>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT seq, id, date, raw FROM events WHERE id = ?1")?
+                .query_row([id], row_to_event)
+                .optional()
+        })
+        .await
+    }
+
+    pub(super) async fn list_newest(
+        &self,
+        filter: Filter,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |c| {
+            let mut sql = String::from("SELECT seq, id, date, raw FROM events WHERE 1 = 1");
+            let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+            push_filter(&filter, &mut sql, &mut args);
+            if let Some(cur) = cursor {
+                args.push(Box::new(cur.date));
+                let d = args.len();
+                args.push(Box::new(cur.id));
+                sql.push_str(&format!(" AND (date < ?{d} OR (date = ?{d} AND id < ?{}))", d + 1));
+            }
+            args.push(Box::new(limit as i64));
+            sql.push_str(&format!(" ORDER BY date DESC, id DESC LIMIT ?{}", args.len()));
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(args.iter()), row_to_event)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub(super) async fn setting(&self, key: String) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()
+        })
+        .await
+    }
+
+    pub(super) async fn setting_insert_if_absent(&self, key: String, value: String) -> Result<String, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || -> Result<String, StoreError> {
+            let conn = open_connection(&path)?;
+            conn.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING", [&key, &value])?;
+            Ok(conn.query_row("SELECT value FROM settings WHERE key = ?1", [&key], |r| r.get(0))?)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("settings task failed: {e}")))?
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.read(|c| c.query_row("SELECT count(*) FROM settings", [], |r| r.get::<_, i64>(0))).await?;
+        Ok(())
+    }
+
+    pub(super) async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriteReq::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Ok(mut p) = self.readers.lock() {
+            p.clear();
+        }
+    }
+}
+
+/// Appends the shared filters as `AND ...` clauses with numbered parameters.
+fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Box<dyn ToSql>>) {
+    if let Some(before) = f.before {
+        args.push(Box::new(before));
+        sql.push_str(&format!(" AND date < ?{}", args.len()));
+    }
+    if let Some(after) = f.after {
+        args.push(Box::new(after));
+        sql.push_str(&format!(" AND date > ?{}", args.len()));
+    }
+    if let Some(q) = &f.q {
+        args.push(Box::new(q.to_lowercase()));
+        sql.push_str(&format!(" AND instr(search, ?{}) > 0", args.len()));
+    }
+    if let Some(spec) = &f.spec {
+        args.push(Box::new(spec.clone()));
+        sql.push_str(&format!(" AND spec_match(?{}, resources)", args.len()));
+    }
+    for (column, values) in [("member_id", &f.members), ("token_id", &f.tokens)] {
+        if values.is_empty() {
+            continue;
+        }
+        let mut marks = Vec::with_capacity(values.len());
+        for v in values {
+            args.push(Box::new(v.clone()));
+            marks.push(format!("?{}", args.len()));
+        }
+        sql.push_str(&format!(" AND {column} IN ({})", marks.join(", ")));
+    }
+}
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent { seq: r.get(0)?, id: r.get(1)?, date: r.get(2)?, raw: r.get(3)? })
+}
+
+/// The writer: takes every request queued, commits them in one transaction, answers each.
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteReq>, metrics: &Metrics) {
+    let mut group: Vec<(Vec<NewEvent>, oneshot::Sender<Result<Vec<Inserted>, StoreError>>)> = Vec::new();
+    let mut shutdown: Option<oneshot::Sender<()>> = None;
+    while let Some(first) = rx.blocking_recv() {
+        let mut queued = Some(first);
+        let mut events = 0;
+        while let Some(req) = queued.take() {
+            match req {
+                WriteReq::Insert(evs, reply) => {
+                    events += evs.len();
+                    group.push((evs, reply));
+                }
+                WriteReq::Shutdown(ack) => {
+                    shutdown = Some(ack);
+                    break;
+                }
+            }
+            if events < MAX_GROUP {
+                queued = rx.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            commit_group(&mut conn, &mut group, metrics);
+        }
+        if let Some(ack) = shutdown.take() {
+            rx.close();
+            // Answer anything that raced in after the shutdown request.
+            while let Ok(WriteReq::Insert(evs, reply)) = rx.try_recv() {
+                group.push((evs, reply));
+            }
+            if !group.is_empty() {
+                commit_group(&mut conn, &mut group, metrics);
+            }
+            let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+            let _ = ack.send(());
+            return;
+        }
+    }
+}
+
+type Group = Vec<(Vec<NewEvent>, oneshot::Sender<Result<Vec<Inserted>, StoreError>>)>;
+
+fn commit_group(conn: &mut Connection, group: &mut Group, metrics: &Metrics) {
+    let received_at = now_ms();
+    let total: usize = group.iter().map(|(e, _)| e.len()).sum();
+    match insert_all(conn, group.iter().map(|(e, _)| e.as_slice()), received_at) {
+        Ok(outcomes) => {
+            metrics.commit_group_size.observe(total as f64);
+            for ((_, reply), out) in group.drain(..).zip(outcomes) {
+                let _ = reply.send(Ok(out));
+            }
+        }
+        Err(e) if group.len() > 1 => {
+            // One request's failure must not fail the others: commit each on its own.
+            tracing::warn!(error = %e, "group commit failed; retrying requests one by one");
+            for (events, reply) in group.drain(..) {
+                let out = insert_all(conn, std::iter::once(events.as_slice()), received_at)
+                    .map(|mut v| v.pop().unwrap_or_default())
+                    .map_err(StoreError::from);
+                if out.is_ok() {
+                    metrics.commit_group_size.observe(events.len() as f64);
+                }
+                let _ = reply.send(out);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed");
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(StoreError::Other(e.to_string())));
+            }
+        }
+    }
+}
+
+fn insert_all<'a>(
+    conn: &mut Connection,
+    requests: impl Iterator<Item = &'a [NewEvent]>,
+    received_at: i64,
+) -> rusqlite::Result<Vec<Vec<Inserted>>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(INSERT_SQL)?;
+        for events in requests {
+            let mut out = Vec::with_capacity(events.len());
+            for e in events {
+                let n = stmt.execute(params![
+                    e.id,
+                    e.date,
+                    e.kind,
+                    e.name,
+                    e.title,
+                    e.member_id,
+                    e.member_email,
+                    e.token_id,
+                    e.accesses,
+                    e.resources,
+                    e.search,
+                    e.source.as_str(),
+                    received_at,
+                    e.raw,
+                ])?;
+                out.push(if n == 1 { Inserted::Stored } else { Inserted::Duplicate });
+            }
+            outcomes.push(out);
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
