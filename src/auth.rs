@@ -50,11 +50,16 @@ pub enum HeaderCredential {
 
 impl HookAuth {
     /// Builds the hook's credentials from configuration and the (possibly generated) token.
-    pub fn new(token: SecretDigest, basic: Option<&SecretString>, secret: Option<&SecretString>) -> Self {
+    pub fn new(
+        token: SecretDigest,
+        basic: Option<&SecretString>,
+        secret: Option<&SecretString>,
+    ) -> Self {
         Self {
             token,
             basic: basic.map(|b| digest(b.expose_secret().as_bytes())),
-            hmac_key: secret.map(|s| SecretBox::new(Box::new(s.expose_secret().as_bytes().to_vec()))),
+            hmac_key: secret
+                .map(|s| SecretBox::new(Box::new(s.expose_secret().as_bytes().to_vec()))),
         }
     }
 
@@ -68,7 +73,8 @@ impl HookAuth {
             if digest_eq(&digest(trim(token)), &self.token) {
                 return HeaderCredential::Valid;
             }
-        } else if let (Some(encoded), Some(expected)) = (strip_scheme(value, b"basic"), &self.basic) {
+        } else if let (Some(encoded), Some(expected)) = (strip_scheme(value, b"basic"), &self.basic)
+        {
             if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(trim(encoded)) {
                 if digest_eq(&digest(&decoded), expected) {
                     return HeaderCredential::Valid;
@@ -124,7 +130,8 @@ impl ReadAuth {
 
 fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
     let n = scheme.len();
-    (value.len() > n && value[..n].eq_ignore_ascii_case(scheme) && value[n] == b' ').then(|| &value[n + 1..])
+    (value.len() > n && value[..n].eq_ignore_ascii_case(scheme) && value[n] == b' ')
+        .then(|| &value[n + 1..])
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -154,10 +161,16 @@ mod tests {
         let a = auth();
         assert_eq!(a.check_header(Some(b"Bearer tok")), HeaderCredential::Valid);
         assert_eq!(a.check_header(Some(b"bearer tok")), HeaderCredential::Valid);
-        assert_eq!(a.check_header(Some(b"Bearer tok2")), HeaderCredential::Invalid);
+        assert_eq!(
+            a.check_header(Some(b"Bearer tok2")),
+            HeaderCredential::Invalid
+        );
         assert_eq!(a.check_header(Some(b"tok")), HeaderCredential::Invalid);
         assert_eq!(a.check_header(Some(b"Basic dTpw")), HeaderCredential::Valid);
-        assert_eq!(a.check_header(Some(b"Basic dTpx")), HeaderCredential::Invalid);
+        assert_eq!(
+            a.check_header(Some(b"Basic dTpx")),
+            HeaderCredential::Invalid
+        );
         assert_eq!(a.check_header(None), HeaderCredential::Absent);
     }
 
@@ -174,7 +187,9 @@ mod tests {
 
     #[test]
     fn read_token_bare_or_bearer() {
-        let r = ReadAuth { token: digest(b"rt") };
+        let r = ReadAuth {
+            token: digest(b"rt"),
+        };
         assert!(r.check(Some(b"rt")));
         assert!(r.check(Some(b"Bearer rt")));
         assert!(!r.check(Some(b"Bearer x")));

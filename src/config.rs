@@ -9,7 +9,12 @@ use secrecy::SecretString;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address the HTTP server listens on.
-    #[arg(long, env = "AUDITHOOK_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "AUDITHOOK_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// `sqlite://PATH` (created if missing) or `postgres://...`.
@@ -38,11 +43,21 @@ pub struct Config {
     pub api_token: Option<SecretString>,
 
     /// Directory of `*.hbs` templates.
-    #[arg(long, env = "AUDITHOOK_TEMPLATES", default_value = "templates", global = true)]
+    #[arg(
+        long,
+        env = "AUDITHOOK_TEMPLATES",
+        default_value = "templates",
+        global = true
+    )]
     pub templates: PathBuf,
 
     /// Largest hook body in bytes.
-    #[arg(long, env = "AUDITHOOK_MAX_BODY", default_value_t = 1_048_576, global = true)]
+    #[arg(
+        long,
+        env = "AUDITHOOK_MAX_BODY",
+        default_value_t = 1_048_576,
+        global = true
+    )]
     pub max_body: usize,
 
     /// LaunchDarkly API access token for backfill and catch-up.
@@ -50,7 +65,12 @@ pub struct Config {
     pub ld_api_token: Option<SecretString>,
 
     /// LaunchDarkly API base URL.
-    #[arg(long, env = "LD_BASE_URL", default_value = "https://app.launchdarkly.com", global = true)]
+    #[arg(
+        long,
+        env = "LD_BASE_URL",
+        default_value = "https://app.launchdarkly.com",
+        global = true
+    )]
     pub ld_base_url: String,
 }
 
@@ -108,7 +128,10 @@ mod tests {
             redact_url("postgres://app:s3cret@db:5432/audit"),
             "postgres://app:***@db:5432/audit"
         );
-        assert_eq!(redact_url("postgres://app@db/audit"), "postgres://app@db/audit");
+        assert_eq!(
+            redact_url("postgres://app@db/audit"),
+            "postgres://app@db/audit"
+        );
         assert_eq!(redact_url("sqlite://audithook.db"), "sqlite://audithook.db");
     }
 }

@@ -30,7 +30,11 @@ pub enum ApiError {
 impl ApiError {
     /// A 4xx error with a machine-readable code and a message a person can act on.
     pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self::Client { status, code, message: message.into() }
+        Self::Client {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// `400 invalid_request`.
@@ -82,7 +86,10 @@ impl IntoResponse for ApiError {
             }
             Self::Internal(e) => {
                 tracing::error!(error.cause_chain = ?e, "internal error");
-                let body = ErrorOut { code: "internal", message: "internal error; see the server log" };
+                let body = ErrorOut {
+                    code: "internal",
+                    message: "internal error; see the server log",
+                };
                 (status, Json(body)).into_response()
             }
         }

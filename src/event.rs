@@ -195,7 +195,8 @@ pub fn normalise(body: &[u8], source: Source) -> Result<NewEvent, EventError> {
     ]
     .join("\n")
     .to_lowercase();
-    let accesses = serde_json::to_string(&accesses).map_err(|e| EventError::WrongType(e.to_string()))?;
+    let accesses =
+        serde_json::to_string(&accesses).map_err(|e| EventError::WrongType(e.to_string()))?;
     // The body parsed as JSON, so it is valid UTF-8.
     let raw = String::from_utf8(body.to_vec()).map_err(|e| EventError::Malformed(e.to_string()))?;
     Ok(NewEvent {
@@ -287,7 +288,10 @@ fn strip_tags(spec: &str) -> std::borrow::Cow<'_, str> {
     if !spec.contains(';') {
         return std::borrow::Cow::Borrowed(spec);
     }
-    let parts: Vec<&str> = spec.split(':').map(|p| p.split(';').next().unwrap_or(p)).collect();
+    let parts: Vec<&str> = spec
+        .split(':')
+        .map(|p| p.split(';').next().unwrap_or(p))
+        .collect();
     std::borrow::Cow::Owned(parts.join(":"))
 }
 
@@ -319,8 +323,14 @@ mod tests {
 
     #[test]
     fn glob_and_prefix_matching() {
-        assert!(spec_matches("proj/*:env/production:flag/*", "proj/default:env/production:flag/a"));
-        assert!(!spec_matches("proj/*:env/production:flag/*", "proj/default:env/test:flag/a"));
+        assert!(spec_matches(
+            "proj/*:env/production:flag/*",
+            "proj/default:env/production:flag/a"
+        ));
+        assert!(!spec_matches(
+            "proj/*:env/production:flag/*",
+            "proj/default:env/test:flag/a"
+        ));
         assert!(spec_matches("proj/default", "proj/default:env/test:flag/a"));
         assert!(!spec_matches("proj/def", "proj/default:env/test:flag/a"));
         assert!(spec_matches("proj/*;ops:env/*", "proj/x;ops,web:env/prod"));
@@ -330,11 +340,26 @@ mod tests {
 
     #[test]
     fn classifies_bad_bodies() {
-        assert_eq!(normalise(b"[1]", Source::Hook).unwrap_err(), EventError::NotObject("an array"));
-        assert_eq!(normalise(b" 42", Source::Hook).unwrap_err(), EventError::NotObject("a number"));
-        assert!(matches!(normalise(b"{\"_id\":", Source::Hook), Err(EventError::Malformed(_))));
-        assert_eq!(normalise(b"{\"date\":1}", Source::Hook).unwrap_err(), EventError::MissingId);
-        assert_eq!(normalise(b"{\"_id\":\"a\"}", Source::Hook).unwrap_err(), EventError::MissingTime);
+        assert_eq!(
+            normalise(b"[1]", Source::Hook).unwrap_err(),
+            EventError::NotObject("an array")
+        );
+        assert_eq!(
+            normalise(b" 42", Source::Hook).unwrap_err(),
+            EventError::NotObject("a number")
+        );
+        assert!(matches!(
+            normalise(b"{\"_id\":", Source::Hook),
+            Err(EventError::Malformed(_))
+        ));
+        assert_eq!(
+            normalise(b"{\"date\":1}", Source::Hook).unwrap_err(),
+            EventError::MissingId
+        );
+        assert_eq!(
+            normalise(b"{\"_id\":\"a\"}", Source::Hook).unwrap_err(),
+            EventError::MissingTime
+        );
         assert!(matches!(
             normalise(b"{\"_id\":5,\"date\":1}", Source::Hook),
             Err(EventError::WrongType(_))

@@ -46,9 +46,9 @@ pub struct AppState {
 
 /// The router with every route and layer.
 pub fn app(state: AppState) -> Router {
-    let read = Router::new()
-        .merge(routes::auditlog::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_read_token));
+    let read = Router::new().merge(routes::auditlog::router()).route_layer(
+        middleware::from_fn_with_state(state.clone(), require_read_token),
+    );
     Router::new()
         .merge(routes::hooks::router())
         .merge(read)
@@ -67,7 +67,10 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn require_read_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let presented = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
     if !state.read_auth.check(presented) {
         return ApiError::unauthorized(
             "send the read token (AUDITHOOK_API_TOKEN) as `Authorization: Bearer <token>` or `Authorization: <token>`",
@@ -86,8 +89,16 @@ async fn record_latency(State(state): State<AppState>, req: Request, next: Next)
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let response = next.run(req).await;
-    let labels = RequestLabels { method, route, status: response.status().as_u16() };
-    state.metrics.request_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    let labels = RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    state
+        .metrics
+        .request_duration
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
     response
 }
 
@@ -122,20 +133,39 @@ async fn resolve_token(
 
 fn decode_digest(hex_digest: &str) -> anyhow::Result<auth::SecretDigest> {
     let bytes = hex::decode(hex_digest)?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("stored token digest has the wrong length"))
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("stored token digest has the wrong length"))
 }
 
 /// Builds the shared state: opens the store and resolves every credential.
 pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&cfg.database_url, metrics.clone()).await?;
-    let hook_token =
-        resolve_token(&store, cfg.hook_token.as_ref(), "hook_token", "AUDITHOOK_HOOK_TOKEN", "ahk_").await?;
-    let api_token = resolve_token(&store, cfg.api_token.as_ref(), "api_token", "AUDITHOOK_API_TOKEN", "ahr_").await?;
+    let hook_token = resolve_token(
+        &store,
+        cfg.hook_token.as_ref(),
+        "hook_token",
+        "AUDITHOOK_HOOK_TOKEN",
+        "ahk_",
+    )
+    .await?;
+    let api_token = resolve_token(
+        &store,
+        cfg.api_token.as_ref(),
+        "api_token",
+        "AUDITHOOK_API_TOKEN",
+        "ahr_",
+    )
+    .await?;
     if hook_token == api_token {
         anyhow::bail!("AUDITHOOK_HOOK_TOKEN and AUDITHOOK_API_TOKEN must differ: the token LaunchDarkly holds must not read");
     }
-    let hook_auth = HookAuth::new(hook_token, cfg.hook_basic.as_ref(), cfg.hook_secret.as_ref());
+    let hook_auth = HookAuth::new(
+        hook_token,
+        cfg.hook_basic.as_ref(),
+        cfg.hook_secret.as_ref(),
+    );
     Ok(AppState {
         store,
         cfg: Arc::new(cfg),
@@ -157,14 +187,21 @@ impl Application {
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         let listen = cfg.listen;
         let state = build_state(cfg).await?;
-        let listener =
-            TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        Ok(Self { listener, state, shutdown: CancellationToken::new() })
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        Ok(Self {
+            listener,
+            state,
+            shutdown: CancellationToken::new(),
+        })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// The bound port.
@@ -180,7 +217,11 @@ impl Application {
     /// Serves until SIGINT/SIGTERM or the shutdown token: stops accepting, finishes
     /// in-flight requests, then commits what is queued and closes the store.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { listener, state, shutdown } = self;
+        let Self {
+            listener,
+            state,
+            shutdown,
+        } = self;
         tracing::info!(addr = %listener.local_addr()?, "audithook listening");
         let store = state.store.clone();
         let router = app(state);

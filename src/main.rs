@@ -7,7 +7,11 @@ use audithook::metrics::Metrics;
 use audithook::store::Store;
 
 #[derive(Parser)]
-#[command(name = "audithook", version, about = "Keeps a complete, searchable, exportable copy of your audit log")]
+#[command(
+    name = "audithook",
+    version,
+    about = "Keeps a complete, searchable, exportable copy of your audit log"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,

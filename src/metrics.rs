@@ -49,14 +49,26 @@ impl Metrics {
         let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))) as fn() -> Histogram,
         );
-        registry.register("events_received", "Hook requests carrying an event", events_received.clone());
-        registry.register("events_stored", "Events newly stored", events_stored.clone());
+        registry.register(
+            "events_received",
+            "Hook requests carrying an event",
+            events_received.clone(),
+        );
+        registry.register(
+            "events_stored",
+            "Events newly stored",
+            events_stored.clone(),
+        );
         registry.register(
             "events_duplicate",
             "Events received that were already stored",
             events_duplicate.clone(),
         );
-        registry.register("events_rejected", "Hook requests rejected, by reason", events_rejected.clone());
+        registry.register(
+            "events_rejected",
+            "Hook requests rejected, by reason",
+            events_rejected.clone(),
+        );
         registry.register(
             "commit_group_size",
             "Events committed together in one transaction",
@@ -80,7 +92,9 @@ impl Metrics {
 
     /// Counts a rejected hook request.
     pub fn reject(&self, reason: &'static str) {
-        self.events_rejected.get_or_create(&ReasonLabel { reason }).inc();
+        self.events_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

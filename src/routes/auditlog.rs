@@ -24,7 +24,9 @@ pub const MAX_LIMIT: usize = 1000;
 
 /// Read routes of the LaunchDarkly-compatible API.
 pub fn router() -> Router<AppState> {
-    Router::new().route(LIST_PATH, get(list_entries)).route("/api/v2/auditlog/{id}", get(get_entry))
+    Router::new()
+        .route(LIST_PATH, get(list_entries))
+        .route("/api/v2/auditlog/{id}", get(get_entry))
 }
 
 /// Parsed listing parameters.
@@ -39,14 +41,19 @@ pub struct ListParams {
 
 fn parse_ms(name: &str, value: &str) -> Result<i64> {
     value.trim().parse::<i64>().map_err(|_| {
-        ApiError::bad_request(format!("parameter `{name}` must be a Unix time in milliseconds, got {value:?}"))
+        ApiError::bad_request(format!(
+            "parameter `{name}` must be a Unix time in milliseconds, got {value:?}"
+        ))
     })
 }
 
 /// Parses the query string of `GET /api/v2/auditlog`. Unknown parameters are ignored, as
 /// LaunchDarkly's clients may send more than we use.
 pub fn parse_list_params(query: Option<&str>) -> Result<ListParams> {
-    let mut p = ListParams { limit: DEFAULT_LIMIT, ..Default::default() };
+    let mut p = ListParams {
+        limit: DEFAULT_LIMIT,
+        ..Default::default()
+    };
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "before" => p.filter.before = Some(parse_ms("before", &value)?),
@@ -82,7 +89,10 @@ pub fn parse_list_params(query: Option<&str>) -> Result<ListParams> {
 
 fn parse_cursor(v: &str) -> Option<Cursor> {
     let (date, id) = v.split_once('_')?;
-    Some(Cursor { date: date.parse().ok()?, id: id.to_owned() })
+    Some(Cursor {
+        date: date.parse().ok()?,
+        id: id.to_owned(),
+    })
 }
 
 fn link(path: &str, params: &[(String, String)], cursor: Option<&Cursor>) -> Value {
@@ -94,12 +104,19 @@ fn link(path: &str, params: &[(String, String)], cursor: Option<&Cursor>) -> Val
         ser.append_pair("cursor", &format!("{}_{}", c.date, c.id));
     }
     let query = ser.finish();
-    let href = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+    let href = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    };
     json!({"href": href, "type": "application/json"})
 }
 
 #[tracing::instrument(skip_all)]
-async fn list_entries(State(AppState { store, .. }): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<Value>> {
+async fn list_entries(
+    State(AppState { store, .. }): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>> {
     let params = parse_list_params(query.as_deref())?;
     let mut rows = store
         .list_newest(&params.filter, params.cursor.as_ref(), params.limit + 1)
@@ -108,20 +125,39 @@ async fn list_entries(State(AppState { store, .. }): State<AppState>, RawQuery(q
     let more = rows.len() > params.limit;
     rows.truncate(params.limit);
     let mut links = serde_json::Map::new();
-    links.insert("self".into(), link(LIST_PATH, &params.passthrough, params.cursor.as_ref()));
+    links.insert(
+        "self".into(),
+        link(LIST_PATH, &params.passthrough, params.cursor.as_ref()),
+    );
     if more {
         if let Some(last) = rows.last() {
-            let next = Cursor { date: last.date, id: last.id.clone() };
-            links.insert("next".into(), link(LIST_PATH, &params.passthrough, Some(&next)));
+            let next = Cursor {
+                date: last.date,
+                id: last.id.clone(),
+            };
+            links.insert(
+                "next".into(),
+                link(LIST_PATH, &params.passthrough, Some(&next)),
+            );
         }
     }
-    let items: Vec<Value> = rows.iter().map(|r| listing_rep(&r.raw, r.date, &r.id)).collect();
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| listing_rep(&r.raw, r.date, &r.id))
+        .collect();
     Ok(Json(json!({"items": items, "_links": links})))
 }
 
 #[tracing::instrument(skip_all, fields(event_id = %id))]
-async fn get_entry(State(AppState { store, .. }): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
-    let row = store.get(&id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let row = row.ok_or_else(|| ApiError::not_found(format!("no audit-log entry with _id {id:?}")))?;
+async fn get_entry(
+    State(AppState { store, .. }): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let row = store
+        .get(&id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let row =
+        row.ok_or_else(|| ApiError::not_found(format!("no audit-log entry with _id {id:?}")))?;
     Ok(Json(listing_rep(&row.raw, row.date, &row.id)))
 }

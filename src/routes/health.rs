@@ -10,7 +10,9 @@ use crate::AppState;
 
 /// Health and metrics routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(get_health)).route("/metrics", get(get_metrics))
+    Router::new()
+        .route("/healthz", get(get_health))
+        .route("/metrics", get(get_metrics))
 }
 
 async fn get_health(State(AppState { store, .. }): State<AppState>) -> impl IntoResponse {
@@ -20,7 +22,9 @@ async fn get_health(State(AppState { store, .. }): State<AppState>) -> impl Into
             tracing::warn!(error = %e, "health check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({"status": "unavailable", "message": "the store does not answer"})),
+                Json(
+                    serde_json::json!({"status": "unavailable", "message": "the store does not answer"}),
+                ),
             )
         }
     }
@@ -28,7 +32,10 @@ async fn get_health(State(AppState { store, .. }): State<AppState>) -> impl Into
 
 async fn get_metrics(State(AppState { metrics, .. }): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics.render(),
     )
 }

@@ -60,7 +60,11 @@ fn reject_reason(e: &ApiError) -> &'static str {
     }
 }
 
-async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(StatusCode, Json<EventOut>)> {
+async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<EventOut>)> {
     let auth = &state.hook_auth;
     let signature = headers.get(SIGNATURE_HEADER).filter(|_| auth.has_secret());
     match auth.check_header(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
@@ -98,7 +102,8 @@ async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(S
         return Err(too_large());
     }
     let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
             too_large()
         } else {
             ApiError::bad_request(format!("could not read the body: {e}"))
@@ -118,16 +123,43 @@ async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(S
         .map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()))?;
     let id = event.id.clone();
     tracing::Span::current().record("event_id", id.as_str());
-    match state.store.insert(event).await.map_err(|e| ApiError::Unavailable(e.to_string()))? {
-        Inserted::Stored => Ok((StatusCode::ACCEPTED, Json(EventOut { id, status: "stored" }))),
-        Inserted::Duplicate => Ok((StatusCode::OK, Json(EventOut { id, status: "duplicate" }))),
+    match state
+        .store
+        .insert(event)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+    {
+        Inserted::Stored => Ok((
+            StatusCode::ACCEPTED,
+            Json(EventOut {
+                id,
+                status: "stored",
+            }),
+        )),
+        Inserted::Duplicate => Ok((
+            StatusCode::OK,
+            Json(EventOut {
+                id,
+                status: "duplicate",
+            }),
+        )),
     }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<()> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
         Ok(())
     } else {
         Err(ApiError::client(

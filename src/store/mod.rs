@@ -126,9 +126,16 @@ impl Store {
     }
 
     /// Sets `key` to `value` unless it already has a value; returns the value now kept.
-    pub async fn setting_insert_if_absent(&self, key: &str, value: &str) -> Result<String, StoreError> {
+    pub async fn setting_insert_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<String, StoreError> {
         match self {
-            Store::Sqlite(s) => s.setting_insert_if_absent(key.to_owned(), value.to_owned()).await,
+            Store::Sqlite(s) => {
+                s.setting_insert_if_absent(key.to_owned(), value.to_owned())
+                    .await
+            }
         }
     }
 

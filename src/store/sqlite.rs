@@ -30,13 +30,18 @@ const INSERT_SQL: &str = "INSERT INTO events (id, date, kind, name, title, membe
 
 /// The file path of a `sqlite://PATH` URL (`sqlite:///abs` is absolute), or `None`.
 pub fn path_from_url(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let rest = rest.split('?').next().unwrap_or(rest);
     Some(PathBuf::from(rest))
 }
 
 enum WriteReq {
-    Insert(Vec<NewEvent>, oneshot::Sender<Result<Vec<Inserted>, StoreError>>),
+    Insert(
+        Vec<NewEvent>,
+        oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -63,9 +68,17 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
         2,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
-            let pattern = ctx.get_raw(0).as_str().map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
-            let resources = ctx.get_raw(1).as_str().map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
-            Ok(resources.split('\n').any(|r| crate::event::spec_matches(pattern, r)))
+            let pattern = ctx
+                .get_raw(0)
+                .as_str()
+                .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+            let resources = ctx
+                .get_raw(1)
+                .as_str()
+                .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))?;
+            Ok(resources
+                .split('\n')
+                .any(|r| crate::event::spec_matches(pattern, r)))
         },
     )?;
     Ok(conn)
@@ -77,12 +90,17 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     )?;
     for (version, sql) in MIGRATIONS {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let done: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _migrations WHERE version = ?1)", [version], |r| {
-            r.get(0)
-        })?;
+        let done: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM _migrations WHERE version = ?1)",
+            [version],
+            |r| r.get(0),
+        )?;
         if !done {
             tx.execute_batch(sql)?;
-            tx.execute("INSERT INTO _migrations (version, applied_at) VALUES (?1, ?2)", params![version, now_ms()])?;
+            tx.execute(
+                "INSERT INTO _migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, now_ms()],
+            )?;
             tracing::info!(version, "applied migration");
         }
         tx.commit()?;
@@ -91,7 +109,10 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl SqliteStore {
@@ -102,12 +123,15 @@ impl SqliteStore {
             let path = path.clone();
             move || -> anyhow::Result<Connection> {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| anyhow::anyhow!("cannot create directory {}: {e}", dir.display()))?;
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        anyhow::anyhow!("cannot create directory {}: {e}", dir.display())
+                    })?;
                 }
-                let mut conn = open_connection(&path)
-                    .map_err(|e| anyhow::anyhow!("cannot open SQLite database {}: {e}", path.display()))?;
-                migrate(&mut conn).map_err(|e| anyhow::anyhow!("migrating {}: {e}", path.display()))?;
+                let mut conn = open_connection(&path).map_err(|e| {
+                    anyhow::anyhow!("cannot open SQLite database {}: {e}", path.display())
+                })?;
+                migrate(&mut conn)
+                    .map_err(|e| anyhow::anyhow!("migrating {}: {e}", path.display()))?;
                 Ok(conn)
             }
         })
@@ -116,17 +140,28 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("audithook-writer".into())
             .spawn(move || writer_loop(writer_conn, rx, &metrics))?;
-        Ok(Self { path, writer: tx, readers: Arc::new(Mutex::new(Vec::new())) })
+        Ok(Self {
+            path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
     }
 
     pub(super) async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         let mut out = self.insert_many(vec![event]).await?;
-        out.pop().ok_or_else(|| StoreError::Other("writer returned no outcome".into()))
+        out.pop()
+            .ok_or_else(|| StoreError::Other("writer returned no outcome".into()))
     }
 
-    pub(super) async fn insert_many(&self, events: Vec<NewEvent>) -> Result<Vec<Inserted>, StoreError> {
+    pub(super) async fn insert_many(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Inserted>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(WriteReq::Insert(events, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(WriteReq::Insert(events, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -181,10 +216,16 @@ impl SqliteStore {
                 args.push(Box::new(cur.date));
                 let d = args.len();
                 args.push(Box::new(cur.id));
-                sql.push_str(&format!(" AND (date < ?{d} OR (date = ?{d} AND id < ?{}))", d + 1));
+                sql.push_str(&format!(
+                    " AND (date < ?{d} OR (date = ?{d} AND id < ?{}))",
+                    d + 1
+                ));
             }
             args.push(Box::new(limit as i64));
-            sql.push_str(&format!(" ORDER BY date DESC, id DESC LIMIT ?{}", args.len()));
+            sql.push_str(&format!(
+                " ORDER BY date DESC, id DESC LIMIT ?{}",
+                args.len()
+            ));
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params_from_iter(args.iter()), row_to_event)?;
             rows.collect()
@@ -194,17 +235,31 @@ impl SqliteStore {
 
     pub(super) async fn setting(&self, key: String) -> Result<Option<String>, StoreError> {
         self.read(move |c| {
-            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()
+            c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
         })
         .await
     }
 
-    pub(super) async fn setting_insert_if_absent(&self, key: String, value: String) -> Result<String, StoreError> {
+    pub(super) async fn setting_insert_if_absent(
+        &self,
+        key: String,
+        value: String,
+    ) -> Result<String, StoreError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || -> Result<String, StoreError> {
             let conn = open_connection(&path)?;
-            conn.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING", [&key, &value])?;
-            Ok(conn.query_row("SELECT value FROM settings WHERE key = ?1", [&key], |r| r.get(0))?)
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+                [&key, &value],
+            )?;
+            Ok(
+                conn.query_row("SELECT value FROM settings WHERE key = ?1", [&key], |r| {
+                    r.get(0)
+                })?,
+            )
         })
         .await
         .map_err(|e| StoreError::Other(format!("settings task failed: {e}")))?
@@ -214,7 +269,8 @@ impl SqliteStore {
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
         }
-        self.read(|c| c.query_row("SELECT count(*) FROM settings", [], |r| r.get::<_, i64>(0))).await?;
+        self.read(|c| c.query_row("SELECT count(*) FROM settings", [], |r| r.get::<_, i64>(0)))
+            .await?;
         Ok(())
     }
 
@@ -261,12 +317,20 @@ fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Box<dyn ToSql>>) {
 }
 
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    Ok(StoredEvent { seq: r.get(0)?, id: r.get(1)?, date: r.get(2)?, raw: r.get(3)? })
+    Ok(StoredEvent {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        date: r.get(2)?,
+        raw: r.get(3)?,
+    })
 }
 
 /// The writer: takes every request queued, commits them in one transaction, answers each.
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteReq>, metrics: &Metrics) {
-    let mut group: Vec<(Vec<NewEvent>, oneshot::Sender<Result<Vec<Inserted>, StoreError>>)> = Vec::new();
+    let mut group: Vec<(
+        Vec<NewEvent>,
+        oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
+    )> = Vec::new();
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut queued = Some(first);
@@ -305,7 +369,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteReq>, metrics: 
     }
 }
 
-type Group = Vec<(Vec<NewEvent>, oneshot::Sender<Result<Vec<Inserted>, StoreError>>)>;
+type Group = Vec<(
+    Vec<NewEvent>,
+    oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
+)>;
 
 fn commit_group(conn: &mut Connection, group: &mut Group, metrics: &Metrics) {
     let received_at = now_ms();
@@ -367,7 +434,11 @@ fn insert_all<'a>(
                     received_at,
                     e.raw,
                 ])?;
-                out.push(if n == 1 { Inserted::Stored } else { Inserted::Duplicate });
+                out.push(if n == 1 {
+                    Inserted::Stored
+                } else {
+                    Inserted::Duplicate
+                });
             }
             outcomes.push(out);
         }

@@ -1,0 +1,5 @@
+//! Integration tests: the real app on port 0, a fresh SQLite file each, real HTTP.
+
+mod auditlog;
+mod helpers;
+mod webhook;

@@ -1,0 +1,171 @@
+//! `spawn_app()`: the real service on 127.0.0.1:0 with a fresh SQLite file.
+
+use std::path::PathBuf;
+
+use audithook::config::Config;
+use hmac::{Hmac, Mac};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const HOOK_TOKEN: &str = "hook-token-for-tests";
+pub const API_TOKEN: &str = "read-token-for-tests";
+pub const HOOK_BASIC: &str = "ld:basic-pass";
+pub const HOOK_SECRET: &str = "signing-secret";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: PathBuf,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The configuration tests use: every credential set, the database in `dir`.
+pub fn test_config(db: &std::path::Path) -> Config {
+    let mut cfg = Config::with_database(format!("sqlite://{}", db.display()));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.hook_token = Some(SecretString::from(HOOK_TOKEN.to_owned()));
+    cfg.api_token = Some(SecretString::from(API_TOKEN.to_owned()));
+    cfg.hook_basic = Some(SecretString::from(HOOK_BASIC.to_owned()));
+    cfg.hook_secret = Some(SecretString::from(HOOK_SECRET.to_owned()));
+    cfg
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audithook.db");
+    spawn_with(test_config(&db), std::sync::Arc::new(dir)).await
+}
+
+pub async fn spawn_with(cfg: Config, dir: std::sync::Arc<tempfile::TempDir>) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        audithook::telemetry::init();
+    }
+    let db = audithook::store::sqlite::path_from_url(&cfg.database_url).unwrap();
+    let app = audithook::Application::build(cfg)
+        .await
+        .expect("app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.shutdown_token();
+    let handle = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        db,
+        dir,
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    /// Stops the server as SIGTERM would and waits for it.
+    pub async fn stop(mut self) -> std::sync::Arc<tempfile::TempDir> {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+        self.dir.clone()
+    }
+
+    pub fn hook(&self) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}/hooks/launchdarkly", self.base))
+            .header("content-type", "application/json")
+    }
+
+    /// Posts `body` with the bearer hook token.
+    pub async fn post_event(&self, body: impl Into<String>) -> reqwest::Response {
+        self.hook()
+            .bearer_auth(HOOK_TOKEN)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET on a read route with the bare read token, as LaunchDarkly clients send it.
+    pub async fn read(&self, path_and_query: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{}", self.base, path_and_query))
+            .header("authorization", API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Every stored `_id`, read straight from the SQLite file.
+    pub fn stored_ids(&self) -> Vec<String> {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        let mut stmt = conn.prepare("SELECT id FROM events ORDER BY seq").unwrap();
+        let ids = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        ids.map(Result::unwrap).collect()
+    }
+
+    /// The stored raw body of one event.
+    pub fn stored_raw(&self, id: &str) -> Option<String> {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        conn.query_row("SELECT raw FROM events WHERE id = ?1", [id], |r| r.get(0))
+            .ok()
+    }
+}
+
+pub fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A default hook payload, shaped as LaunchDarkly's documentation shows it.
+pub fn hook_payload(id: &str, ms: i64) -> Value {
+    json!({
+        "_links": {
+            "canonical": {"href": "/api/v2/flags/always-snippet/example-test", "type": "application/json"},
+            "parent": {"href": "/api/v2/auditlog", "type": "application/json"},
+            "self": {"href": format!("/api/v2/auditlog/{id}"), "type": "application/json"},
+            "site": {"href": "/always-snippet/production/features/example-test", "type": "text/html"}
+        },
+        "_id": id,
+        "_accountId": "",
+        "timestamp": {"milliseconds": ms, "seconds": ms / 1000, "rfc3339": "2020-02-04T01:02:14Z", "simple": "2020-02-04 01:02:14"},
+        "kind": "flag",
+        "name": "Example test",
+        "description": "",
+        "shortDescription": "",
+        "comment": "This is just a test",
+        "member": {
+            "_links": {"parent": {"href": "/api/v2/members", "type": "application/json"}},
+            "_id": "569f514183f2164430000002",
+            "email": "sandy@example.com",
+            "firstName": "Sandy",
+            "lastName": "Smith"
+        },
+        "titleVerb": "",
+        "markdownTitle": "[Sandy Smith](mailto:sandy@example.com) turned on the flag [Example test](https://app.launchdarkly.com/example-project/production/features/example-test) in `Production`",
+        "title": "Sandy Smith turned on the flag Example test in 'Production'",
+        "target": {"_links": null, "name": ""}
+    })
+}
+
+/// A REST `AuditLogEntryListingRep`.
+pub fn rest_entry(id: &str, ms: i64, name: &str, resource: &str, member: &str) -> Value {
+    json!({
+        "_links": {"self": {"href": format!("/api/v2/auditlog/{id}"), "type": "application/json"}},
+        "_id": id,
+        "_accountId": "acct1",
+        "date": ms,
+        "accesses": [{"action": "updateOn", "resource": resource}],
+        "kind": "flag",
+        "name": name,
+        "description": format!("changed {name}"),
+        "shortDescription": "",
+        "member": {"_id": member, "email": format!("{member}@example.com"), "firstName": "M", "lastName": member},
+        "titleVerb": "turned on the flag",
+        "title": format!("M {member} turned on the flag {name}"),
+        "target": {"name": name, "resources": [resource]}
+    })
+}
