@@ -262,3 +262,4 @@ pub async fn shutdown_signal() {
         _ = terminate => {}
     }
 }
+pub mod render;

@@ -1,5 +1,6 @@
 //! Integration tests: the real app on port 0, a fresh SQLite file each, real HTTP.
 
 mod auditlog;
+mod conformance;
 mod helpers;
 mod webhook;

@@ -1,0 +1,296 @@
+//! Template rendering identical to LaunchDarkly's integration framework (`npm run preview`,
+//! handlebars.js 4.7.7, strict mode).
+//!
+//! Templates are parsed by the `handlebars` crate (grammar, whitespace control, standalone
+//! lines). Every plain `{{path}}` is then rewritten into a call of [`helpers::VALUE_HELPER`]
+//! and the built-ins are replaced, so that values print, test and iterate as they do in
+//! JavaScript (see `conformance/README.md` of the shared corpus).
+
+pub mod context;
+pub mod helpers;
+pub mod js;
+
+use std::collections::HashMap;
+use std::path::Path as FsPath;
+
+use handlebars::template::{Parameter, TemplateElement};
+use handlebars::{Context, Handlebars, Path, RenderContext, Renderable, StringOutput, Template};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Largest template source accepted.
+pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
+/// Largest rendered output.
+pub const MAX_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why a template could not be compiled or rendered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RenderFailure {
+    /// `parse` (the template is malformed) or `render` (it failed on this data).
+    pub stage: &'static str,
+    pub message: String,
+    /// 1-based line and column in the template, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+impl RenderFailure {
+    fn parse(e: &handlebars::TemplateError) -> Self {
+        let (line, column) = e.pos().map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        Self {
+            stage: "parse",
+            message: e.reason().to_string(),
+            line,
+            column,
+        }
+    }
+
+    fn render(e: &handlebars::RenderError) -> Self {
+        Self {
+            stage: "render",
+            message: e.reason().to_string(),
+            line: e.line_no,
+            column: e.column_no,
+        }
+    }
+
+    fn other(stage: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            stage,
+            message: message.into(),
+            line: None,
+            column: None,
+        }
+    }
+}
+
+/// A compiled template.
+pub struct Compiled {
+    template: Template,
+}
+
+/// The renderer: a handlebars registry with LaunchDarkly's helpers, built once.
+pub struct Renderer {
+    registry: Handlebars<'static>,
+    templates: HashMap<String, Compiled>,
+}
+
+impl std::fmt::Debug for Renderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renderer")
+            .field("templates", &self.templates.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        Self::new(chrono_tz::UTC)
+    }
+}
+
+impl Renderer {
+    /// A renderer whose `formatWithOffset ... "simple"` uses `tz`.
+    pub fn new(tz: chrono_tz::Tz) -> Self {
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(true);
+        registry.register_escape_fn(js::html_escape);
+        helpers::register(&mut registry, tz);
+        Self {
+            registry,
+            templates: HashMap::new(),
+        }
+    }
+
+    /// Parses `source` and rewrites it for handlebars.js semantics.
+    pub fn compile(&self, source: &str) -> Result<Compiled, RenderFailure> {
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(RenderFailure::other(
+                "parse",
+                format!(
+                    "template is {} bytes; the limit is {MAX_TEMPLATE_BYTES}",
+                    source.len()
+                ),
+            ));
+        }
+        let mut template = Template::compile(source).map_err(|e| RenderFailure::parse(&e))?;
+        rewrite(&mut template.elements);
+        Ok(Compiled { template })
+    }
+
+    /// Compiles and keeps a named template.
+    pub fn register(&mut self, name: &str, source: &str) -> Result<(), RenderFailure> {
+        let compiled = self.compile(source)?;
+        self.templates.insert(name.to_owned(), compiled);
+        Ok(())
+    }
+
+    /// Whether a named template is kept.
+    pub fn has(&self, name: &str) -> bool {
+        self.templates.contains_key(name)
+    }
+
+    /// Names of the kept templates.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.templates.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Renders a kept template.
+    pub fn render_named(&self, name: &str, data: &Context) -> Result<String, RenderFailure> {
+        let compiled = self
+            .templates
+            .get(name)
+            .ok_or_else(|| RenderFailure::other("render", format!("no template named {name:?}")))?;
+        self.render(compiled, data)
+    }
+
+    /// Renders a compiled template over prepared data (see [`body_data`], [`endpoint_data`]).
+    pub fn render(&self, compiled: &Compiled, data: &Context) -> Result<String, RenderFailure> {
+        let mut rc = RenderContext::new(None);
+        let mut out = StringOutput::new();
+        compiled
+            .template
+            .render(&self.registry, data, &mut rc, &mut out)
+            .map_err(|e| RenderFailure::render(&e))?;
+        let text = out
+            .into_string()
+            .map_err(|e| RenderFailure::other("render", e.to_string()))?;
+        if text.len() > MAX_OUTPUT_BYTES {
+            return Err(RenderFailure::other(
+                "render",
+                format!("output exceeds {MAX_OUTPUT_BYTES} bytes"),
+            ));
+        }
+        Ok(text)
+    }
+
+    /// Loads every `*.hbs` file of `dir` as a template named by its file name up to the
+    /// first `.` (`flag.json.hbs` is `flag`). A file that does not parse is an error naming
+    /// the file, line and column.
+    pub fn load_dir(&mut self, dir: &FsPath) -> anyhow::Result<Vec<String>> {
+        let mut loaded = Vec::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            anyhow::anyhow!("cannot read templates directory {}: {e}", dir.display())
+        })?;
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+                continue;
+            };
+            if !file.ends_with(".hbs") {
+                continue;
+            }
+            let name = file.split('.').next().unwrap_or(file).to_owned();
+            let source = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", path.display()))?;
+            self.register(&name, &source)
+                .map_err(|e| match (e.line, e.column) {
+                    (Some(l), Some(c)) => {
+                        anyhow::anyhow!("template {}:{l}:{c}: {}", path.display(), e.message)
+                    }
+                    _ => anyhow::anyhow!("template {}: {}", path.display(), e.message),
+                })?;
+            loaded.push(name);
+        }
+        Ok(loaded)
+    }
+}
+
+/// Rewrites every plain `{{path}}` / `{{{path}}}` (no arguments, not a helper) into a call
+/// of the value helper, recursively through blocks.
+fn rewrite(elements: &mut [TemplateElement]) {
+    for el in elements {
+        match el {
+            TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
+                if ht.params.is_empty() && ht.hash.is_empty() && !ht.block {
+                    let path = match &ht.name {
+                        Parameter::Path(p) => Some(p.clone()),
+                        Parameter::Name(n) if !helpers::HELPER_NAMES.contains(&n.as_str()) => {
+                            Path::parse(n).ok()
+                        }
+                        _ => None,
+                    };
+                    if let Some(path) = path {
+                        let is_helper = matches!(&ht.name, Parameter::Name(n) if helpers::HELPER_NAMES.contains(&n.as_str()))
+                            || matches!(&path, Path::Relative((_, raw)) if helpers::HELPER_NAMES.contains(&raw.as_str()));
+                        if !is_helper {
+                            ht.name = Parameter::Name(helpers::VALUE_HELPER.into());
+                            ht.params.push(Parameter::Path(path));
+                        }
+                    }
+                }
+            }
+            TemplateElement::HelperBlock(ht) => {
+                if let Some(t) = ht.template.as_mut() {
+                    rewrite(&mut t.elements);
+                }
+                if let Some(t) = ht.inverse.as_mut() {
+                    rewrite(&mut t.elements);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether a template file's strings are JSON-escaped first: its name ends in `.json` or
+/// `.json.hbs` (case-insensitive), as in the framework.
+pub fn json_escape_wanted(file_name: &str) -> bool {
+    let lower = file_name.to_ascii_lowercase();
+    lower.ends_with(".json") || lower.ends_with(".json.hbs")
+}
+
+/// Replaces every string value (not keys) with its JSON encoding minus the quotes.
+pub fn json_escape_strings(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            let encoded = serde_json::to_string(s.as_str()).unwrap_or_default();
+            *s = encoded[1..encoded.len() - 1].to_owned();
+        }
+        Value::Array(items) => items.iter_mut().for_each(json_escape_strings),
+        Value::Object(map) => map.values_mut().for_each(json_escape_strings),
+        _ => {}
+    }
+}
+
+/// Render data for a body template: the payload (JSON-escaped when `json_escape`) with
+/// `formVariables` set at the top level, unescaped.
+pub fn body_data(payload: &Value, form_variables: &Value, json_escape: bool) -> Value {
+    let mut data = payload.clone();
+    if json_escape {
+        json_escape_strings(&mut data);
+    }
+    if let Value::Object(map) = &mut data {
+        map.insert("formVariables".into(), form_variables.clone());
+    }
+    data
+}
+
+/// Render data for an endpoint URL or header template: the form variables at the top
+/// level, `oauth`, and `context` (the raw payload).
+pub fn endpoint_data(form_variables: &Value, oauth: &Value, payload: &Value) -> Value {
+    let mut map = match form_variables {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    map.insert("oauth".into(), oauth.clone());
+    map.insert("context".into(), payload.clone());
+    Value::Object(map)
+}
+
+/// Parses a time-zone name such as `UTC` or `Europe/Paris`.
+pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>()
+        .map_err(|_| format!("unknown time zone {name:?}"))
+}
+
+/// Wraps render data as handlebars context.
+pub fn context(data: Value) -> Context {
+    Context::from(data)
+}
