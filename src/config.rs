@@ -51,6 +51,10 @@ pub struct Config {
     )]
     pub templates: PathBuf,
 
+    /// Time zone of `formatWithOffset ... "simple"` in templates (IANA name).
+    #[arg(long, env = "AUDITHOOK_TIMEZONE", default_value = "UTC", global = true)]
+    pub timezone: String,
+
     /// Largest hook body in bytes.
     #[arg(
         long,
@@ -89,6 +93,7 @@ impl Config {
             hook_secret: None,
             api_token: None,
             templates: PathBuf::from("templates"),
+            timezone: "UTC".into(),
             max_body: 1_048_576,
             ld_api_token: None,
             ld_base_url: "https://app.launchdarkly.com".into(),

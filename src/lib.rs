@@ -42,6 +42,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub hook_auth: Arc<HookAuth>,
     pub read_auth: Arc<ReadAuth>,
+    pub renderer: Arc<render::Renderer>,
 }
 
 /// The router with every route and layer.
@@ -161,6 +162,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
     if hook_token == api_token {
         anyhow::bail!("AUDITHOOK_HOOK_TOKEN and AUDITHOOK_API_TOKEN must differ: the token LaunchDarkly holds must not read");
     }
+    let renderer = load_templates(&cfg)?;
     let hook_auth = HookAuth::new(
         hook_token,
         cfg.hook_basic.as_ref(),
@@ -172,7 +174,23 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
         metrics,
         hook_auth: Arc::new(hook_auth),
         read_auth: Arc::new(ReadAuth { token: api_token }),
+        renderer: Arc::new(renderer),
     })
+}
+
+/// The built-in templates, overridden by those in `cfg.templates` when that directory
+/// exists. A template that does not parse stops start-up with its file, line and column.
+pub fn load_templates(cfg: &Config) -> anyhow::Result<render::Renderer> {
+    let tz =
+        render::parse_tz(&cfg.timezone).map_err(|e| anyhow::anyhow!("AUDITHOOK_TIMEZONE: {e}"))?;
+    let mut renderer = render::Renderer::with_builtin(tz);
+    if cfg.templates.is_dir() {
+        let loaded = renderer.load_dir(&cfg.templates)?;
+        tracing::info!(dir = %cfg.templates.display(), templates = ?loaded, "loaded templates");
+    } else {
+        tracing::info!(dir = %cfg.templates.display(), "templates directory not found; using the built-in templates");
+    }
+    Ok(renderer)
 }
 
 /// A built, bound service, ready to run.

@@ -25,6 +25,30 @@ enum Command {
     Serve,
     /// Apply migrations and exit.
     Migrate,
+    /// Render a template to stdout, like the framework's `npm run preview`.
+    Preview(PreviewArgs),
+}
+
+#[derive(clap::Args)]
+struct PreviewArgs {
+    /// Template file (its name decides JSON escaping: `.json`/`.json.hbs`), or the name of
+    /// a template in AUDITHOOK_TEMPLATES (`flag`, `default`, ...).
+    template: String,
+    /// JSON file with the template context (used as is).
+    #[arg(long, conflicts_with = "event", required_unless_present = "event")]
+    context: Option<std::path::PathBuf>,
+    /// `_id` of a stored event: renders its derived template context.
+    #[arg(long)]
+    event: Option<String>,
+    /// JSON file with the form variables (`formVariables` in the template).
+    #[arg(long)]
+    form_variables: Option<std::path::PathBuf>,
+    /// Time zone of `formatWithOffset ... "simple"` (default AUDITHOOK_TIMEZONE).
+    #[arg(long)]
+    tz: Option<String>,
+    /// Render a URL or header template: form variables at top level, `oauth`, `context`.
+    #[arg(long)]
+    endpoint: bool,
 }
 
 #[tokio::main]
@@ -34,6 +58,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve => serve(cli.config).await,
         Command::Migrate => migrate(cli.config).await,
+        Command::Preview(args) => preview(cli.config, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -54,4 +79,76 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!(database = %audithook::config::redact_url(&config.database_url), "migrations applied");
     Ok(())
+}
+
+fn read_json_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", path.display()))
+}
+
+async fn preview(mut config: Config, args: PreviewArgs) -> anyhow::Result<()> {
+    use audithook::render;
+    use std::io::Write;
+    if let Some(tz) = &args.tz {
+        config.timezone = tz.clone();
+    }
+    let renderer = audithook::load_templates(&config)?;
+    let path = std::path::Path::new(&args.template);
+    let inline;
+    let compiled = if path.is_file() {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut c = renderer
+            .compile(&source)
+            .map_err(|e| located(&args.template, e))?;
+        c.json_escape = render::json_escape_wanted(&args.template);
+        inline = c;
+        &inline
+    } else {
+        renderer.get(&args.template).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: no such file, nor a template of that name ({})",
+                args.template,
+                renderer.names().join(", ")
+            )
+        })?
+    };
+    let payload = match (&args.context, &args.event) {
+        (Some(file), _) => read_json_file(file)?,
+        (None, Some(id)) => {
+            let store =
+                Store::open(&config.database_url, std::sync::Arc::new(Metrics::new())).await?;
+            let row = store.get(id).await?;
+            store.close().await;
+            let row = row.ok_or_else(|| anyhow::anyhow!("no stored event with _id {id:?}"))?;
+            let entry: serde_json::Value = serde_json::from_str(&row.raw)?;
+            render::context::template_context(&entry, &config.ld_base_url)
+        }
+        (None, None) => anyhow::bail!("give --context FILE or --event ID"),
+    };
+    let form_variables = match &args.form_variables {
+        Some(f) => read_json_file(f)?,
+        None => serde_json::json!({}),
+    };
+    let data = if args.endpoint {
+        render::endpoint_data(&form_variables, &serde_json::Value::Null, &payload)
+    } else {
+        render::body_data(&payload, &form_variables, compiled.json_escape)
+    };
+    let text = renderer
+        .render(compiled, &render::context(data))
+        .map_err(|e| located(&args.template, e))?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn located(template: &str, e: audithook::render::RenderFailure) -> anyhow::Error {
+    match (e.line, e.column) {
+        (Some(l), Some(c)) => anyhow::anyhow!("{template}:{l}:{c}: {}", e.message),
+        _ => anyhow::anyhow!("{template}: {}", e.message),
+    }
 }

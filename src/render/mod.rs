@@ -70,6 +70,46 @@ impl RenderFailure {
 /// A compiled template.
 pub struct Compiled {
     template: Template,
+    /// Whether string values are JSON-escaped first (the file is `.json`/`.json.hbs`).
+    pub json_escape: bool,
+}
+
+/// audithook's own templates (`templates/`), used when `AUDITHOOK_TEMPLATES` is absent.
+pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "default.json.hbs",
+        include_str!("../../templates/default.json.hbs"),
+    ),
+    (
+        "environment.json.hbs",
+        include_str!("../../templates/environment.json.hbs"),
+    ),
+    (
+        "flag.json.hbs",
+        include_str!("../../templates/flag.json.hbs"),
+    ),
+    (
+        "member.json.hbs",
+        include_str!("../../templates/member.json.hbs"),
+    ),
+    (
+        "project.json.hbs",
+        include_str!("../../templates/project.json.hbs"),
+    ),
+    (
+        "validation.json.hbs",
+        include_str!("../../templates/validation.json.hbs"),
+    ),
+];
+
+/// The template name for an event kind, as LaunchDarkly chooses: the kind's own template
+/// when there is one, else `default`.
+pub fn template_for_kind<'a>(renderer: &Renderer, kind: &'a str) -> &'a str {
+    if matches!(kind, "flag" | "project" | "environment" | "member") && renderer.has(kind) {
+        kind
+    } else {
+        "default"
+    }
 }
 
 /// The renderer: a handlebars registry with LaunchDarkly's helpers, built once.
@@ -118,14 +158,54 @@ impl Renderer {
         }
         let mut template = Template::compile(source).map_err(|e| RenderFailure::parse(&e))?;
         rewrite(&mut template.elements);
-        Ok(Compiled { template })
+        Ok(Compiled {
+            template,
+            json_escape: false,
+        })
     }
 
-    /// Compiles and keeps a named template.
-    pub fn register(&mut self, name: &str, source: &str) -> Result<(), RenderFailure> {
-        let compiled = self.compile(source)?;
-        self.templates.insert(name.to_owned(), compiled);
-        Ok(())
+    /// Compiles and keeps a template named by its file name up to the first `.`
+    /// (`flag.json.hbs` is `flag`); the file name decides JSON escaping.
+    pub fn register(&mut self, file_name: &str, source: &str) -> Result<String, RenderFailure> {
+        let name = file_name.split('.').next().unwrap_or(file_name).to_owned();
+        let mut compiled = self.compile(source)?;
+        compiled.json_escape = json_escape_wanted(file_name);
+        self.templates.insert(name.clone(), compiled);
+        Ok(name)
+    }
+
+    /// A renderer holding audithook's built-in templates.
+    pub fn with_builtin(tz: chrono_tz::Tz) -> Self {
+        let mut r = Self::new(tz);
+        for (file, source) in BUILTIN_TEMPLATES {
+            // The built-in templates are tested; a failure here is a build defect.
+            r.register(file, source)
+                .unwrap_or_else(|e| panic!("built-in template {file}: {e}"));
+        }
+        r
+    }
+
+    /// A kept template.
+    pub fn get(&self, name: &str) -> Option<&Compiled> {
+        self.templates.get(name)
+    }
+
+    /// Renders a stored entry with the template for its kind (the event's template
+    /// context, JSON-escaped for `.json` templates). Returns the template name and output.
+    pub fn render_entry(
+        &self,
+        entry: &Value,
+        base_url: &str,
+    ) -> Result<(String, String), RenderFailure> {
+        let kind = entry.get("kind").and_then(Value::as_str).unwrap_or("");
+        let name = template_for_kind(self, kind).to_owned();
+        let compiled = self
+            .templates
+            .get(&name)
+            .ok_or_else(|| RenderFailure::other("render", format!("no template named {name:?}")))?;
+        let ctx = context::template_context(entry, base_url);
+        let data = body_data(&ctx, &Value::Object(Map::new()), compiled.json_escape);
+        Ok((name, self.render(compiled, &Context::from(data))?))
     }
 
     /// Whether a named template is kept.
@@ -169,9 +249,9 @@ impl Renderer {
         Ok(text)
     }
 
-    /// Loads every `*.hbs` file of `dir` as a template named by its file name up to the
-    /// first `.` (`flag.json.hbs` is `flag`). A file that does not parse is an error naming
-    /// the file, line and column.
+    /// Loads every `*.hbs` file of `dir` (see [`Renderer::register`]), replacing built-in
+    /// templates of the same name. A file that does not parse is an error naming the file,
+    /// line and column.
     pub fn load_dir(&mut self, dir: &FsPath) -> anyhow::Result<Vec<String>> {
         let mut loaded = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|e| {

@@ -3,3 +3,4 @@
 pub mod auditlog;
 pub mod health;
 pub mod hooks;
+pub mod preview;

@@ -1,0 +1,156 @@
+//! `POST /preview`: renders a template like the framework's `npm run preview`.
+//!
+//! Body: `{"template": SOURCE}` or `{"name": NAME}`; `{"context": {...}}` (used as is) or
+//! `{"event": ID}` (a stored event's template context); optional `formVariables`,
+//! `filename` (decides JSON escaping for inline sources, as the template file name does in
+//! the framework), `endpoint` (render a URL/header template: form variables at top level,
+//! `oauth`, `context`) and `oauth`. Answers the rendered bytes as `text/plain`, or `422`
+//! with the error, line and column.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, Result};
+use crate::render::{self, context::template_context, RenderFailure};
+use crate::AppState;
+
+/// Largest preview request body.
+const MAX_PREVIEW_BODY: usize = 2 * 1024 * 1024;
+
+/// Preview routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/preview", post(create_preview))
+        .layer(DefaultBodyLimit::max(MAX_PREVIEW_BODY))
+}
+
+/// A preview request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PreviewIn {
+    pub template: Option<String>,
+    pub name: Option<String>,
+    pub context: Option<Value>,
+    pub event: Option<String>,
+    pub form_variables: Option<Value>,
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub endpoint: bool,
+    pub oauth: Option<Value>,
+}
+
+fn rejection(e: JsonRejection) -> ApiError {
+    match e {
+        JsonRejection::MissingJsonContentType(_) => ApiError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ),
+        JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the preview request is larger than {MAX_PREVIEW_BODY} bytes"),
+            )
+        }
+        other => ApiError::bad_request(format!("invalid preview request: {}", other.body_text())),
+    }
+}
+
+fn render_error(e: RenderFailure) -> Response {
+    let mut body =
+        serde_json::json!({"code": "template_error", "message": e.message, "stage": e.stage});
+    if let (Some(line), Some(column)) = (e.line, e.column) {
+        body["line"] = line.into();
+        body["column"] = column.into();
+    }
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+}
+
+#[tracing::instrument(skip_all)]
+async fn create_preview(
+    State(state): State<AppState>,
+    input: std::result::Result<Json<PreviewIn>, JsonRejection>,
+) -> Result<Response> {
+    let Json(input) = input.map_err(rejection)?;
+    let renderer = &state.renderer;
+    let inline;
+    let (compiled, json_escape) = match (&input.template, &input.name) {
+        (Some(source), None) => {
+            inline = match renderer.compile(source) {
+                Ok(c) => c,
+                Err(e) => return Ok(render_error(e)),
+            };
+            let escape = input
+                .filename
+                .as_deref()
+                .is_some_and(render::json_escape_wanted);
+            (&inline, escape)
+        }
+        (None, Some(name)) => {
+            let c = renderer.get(name).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "no template named {name:?}; known: {}",
+                    renderer.names().join(", ")
+                ))
+            })?;
+            (c, c.json_escape)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `template` (source) and `name`",
+            ))
+        }
+    };
+    let payload = match (input.context, &input.event) {
+        (Some(ctx @ Value::Object(_)), None) => ctx,
+        (Some(_), None) => return Err(ApiError::bad_request("`context` must be a JSON object")),
+        (None, Some(id)) => {
+            let row = state
+                .store
+                .get(id)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let row =
+                row.ok_or_else(|| ApiError::not_found(format!("no stored event with _id {id:?}")))?;
+            let entry: Value =
+                serde_json::from_str(&row.raw).map_err(|e| ApiError::Internal(e.into()))?;
+            template_context(&entry, &state.cfg.ld_base_url)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `context` and `event`",
+            ))
+        }
+    };
+    let form_variables = match input.form_variables {
+        None => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`formVariables` must be a JSON object",
+            ))
+        }
+    };
+    let data = if input.endpoint {
+        render::endpoint_data(
+            &form_variables,
+            &input.oauth.unwrap_or(Value::Null),
+            &payload,
+        )
+    } else {
+        render::body_data(&payload, &form_variables, json_escape)
+    };
+    match renderer.render(compiled, &render::context(data)) {
+        Ok(text) => {
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+        }
+        Err(e) => Ok(render_error(e)),
+    }
+}
