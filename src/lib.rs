@@ -47,7 +47,10 @@ pub struct AppState {
 
 /// The router with every route and layer.
 pub fn app(state: AppState) -> Router {
-    let read = Router::new().merge(routes::auditlog::router()).route_layer(
+    let read = Router::new()
+        .merge(routes::auditlog::router())
+        .merge(routes::preview::router())
+        .route_layer(
         middleware::from_fn_with_state(state.clone(), require_read_token),
     );
     Router::new()

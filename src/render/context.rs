@@ -222,14 +222,43 @@ pub fn template_context(entry: &Value, base_url: &str) -> Value {
             Vec::new(),
         ),
     };
+    // The links the framework's context carries: the entry's page and its audit details.
+    if let Value::Object(links) = ctx.get_mut("_links").unwrap_or(&mut Value::Null) {
+        let base = base_url.trim_end_matches('/');
+        let id = str_field(src, "_id");
+        let scope = if proj_key.is_empty() || env_key.is_empty() {
+            String::new()
+        } else {
+            format!("/{proj_key}/{env_key}")
+        };
+        links.entry("details").or_insert_with(|| {
+            json!({"href": format!("{base}{scope}/audit/{id}/details"), "type": "text/html"})
+        });
+        let site = match (kind, scope.is_empty()) {
+            ("flag", false) => format!("{base}{scope}/features/{key}"),
+            _ => format!("{base}{scope}"),
+        };
+        links.entry("site").or_insert_with(|| json!({"href": site, "type": "text/html"}));
+    }
     ctx.insert("key".into(), Value::String(key));
     ctx.insert("tags".into(), json!(tags));
 
     if let Some(Value::Object(member)) = src.get("member") {
         let mut m = member.clone();
-        if let Some(l) = m.get_mut("_links") {
-            absolutize(l, base_url);
+        let base = base_url.trim_end_matches('/');
+        let member_id = str_field(member, "_id").to_owned();
+        let links = m.entry("_links").or_insert_with(|| json!({}));
+        if !links.is_object() {
+            *links = json!({});
         }
+        if let Value::Object(l) = links {
+            l.entry("parent")
+                .or_insert_with(|| json!({"href": format!("{base}/api/v2/members"), "type": "application/json"}));
+            l.entry("self").or_insert_with(
+                || json!({"href": format!("{base}/api/v2/members/{member_id}"), "type": "application/json"}),
+            );
+        }
+        absolutize(links, base_url);
         let email = str_field(member, "email");
         let full = format!(
             "{} {}",
@@ -279,6 +308,20 @@ pub fn template_context(entry: &Value, base_url: &str) -> Value {
         }
     }
     absolutize(&mut target, base_url);
+    // The framework's target carries an `_id` and the entry's site and canonical links.
+    if let (Value::Object(t), Some(Value::String(k))) = (&mut target, ctx.get("key")) {
+        t.entry("_id").or_insert_with(|| Value::String(k.clone()));
+    }
+    if let (Value::Object(t), Some(Value::Object(links))) = (&mut target, ctx.get("_links")) {
+        let tl = t.entry("_links").or_insert_with(|| json!({}));
+        if let Value::Object(tl) = tl {
+            for rel in ["canonical", "site"] {
+                if let Some(l) = links.get(rel) {
+                    tl.entry(rel).or_insert_with(|| l.clone());
+                }
+            }
+        }
+    }
     ctx.insert("target".into(), target);
     // Everything else the entry carries (token, app, subject, parent, accesses, ...).
     for (k, v) in src {

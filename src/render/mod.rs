@@ -266,10 +266,10 @@ impl Renderer {
             if !file.ends_with(".hbs") {
                 continue;
             }
-            let name = file.split('.').next().unwrap_or(file).to_owned();
             let source = std::fs::read_to_string(&path)
                 .map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", path.display()))?;
-            self.register(&name, &source)
+            let name = self
+                .register(file, &source)
                 .map_err(|e| match (e.line, e.column) {
                     (Some(l), Some(c)) => {
                         anyhow::anyhow!("template {}:{l}:{c}: {}", path.display(), e.message)
@@ -373,4 +373,19 @@ pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
 /// Wraps render data as handlebars context.
 pub fn context(data: Value) -> Context {
     Context::from(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_json_templates_escape() {
+        let r = Renderer::with_builtin(chrono_tz::UTC);
+        assert!(r.get("flag").unwrap().json_escape);
+        let data = body_data(&serde_json::json!({"name": "a\"b"}), &serde_json::json!({}), true);
+        assert_eq!(data["name"], "a\\\"b");
+        let c = r.compile("{{{name}}}").unwrap();
+        assert_eq!(r.render(&c, &context(data)).unwrap(), "a\\\"b");
+    }
 }

@@ -3,4 +3,5 @@
 mod auditlog;
 mod conformance;
 mod helpers;
+mod templates;
 mod webhook;
