@@ -25,7 +25,7 @@ fn main() {
 
     let renderer = Renderer::default();
     let compiled = renderer.compile(&source).expect("compiles");
-    let data = render::context(render::body_data(&payload, &form, true));
+    let data = &render::body_data(&payload, &form, true);
     assert_eq!(renderer.render(&compiled, &data).expect("renders"), expected);
 
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);

@@ -2,19 +2,19 @@
 //! handlebars.js 4.7.7, strict mode).
 //!
 //! Templates are parsed by the `handlebars` crate (grammar, whitespace control, standalone
-//! lines). Every plain `{{path}}` is then rewritten into a call of [`helpers::VALUE_HELPER`]
-//! and the built-ins are replaced, so that values print, test and iterate as they do in
-//! JavaScript (see `conformance/README.md` of the shared corpus).
+//! lines, error positions) and evaluated by [`eval`] with handlebars.js semantics: values
+//! print, test and iterate as they do in JavaScript (see `conformance/README.md` of the
+//! shared corpus). Helpers: `if unless each with lookup`, `equal equalWithElse pathEncode
+//! queryEncode basicAuthHeaderValue formatWithOffset`.
 
 pub mod context;
-pub mod helpers;
+pub mod eval;
 pub mod js;
 
 use std::collections::HashMap;
 use std::path::Path as FsPath;
 
-use handlebars::template::{Parameter, TemplateElement};
-use handlebars::{Context, Handlebars, Path, RenderContext, Renderable, StringOutput, Template};
+use handlebars::Template;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -40,66 +40,34 @@ pub struct RenderFailure {
 impl RenderFailure {
     fn parse(e: &handlebars::TemplateError) -> Self {
         let (line, column) = e.pos().map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        Self {
-            stage: "parse",
-            message: e.reason().to_string(),
-            line,
-            column,
-        }
+        Self { stage: "parse", message: e.reason().to_string(), line, column }
     }
 
-    fn render(e: &handlebars::RenderError) -> Self {
-        Self {
-            stage: "render",
-            message: e.reason().to_string(),
-            line: e.line_no,
-            column: e.column_no,
-        }
+    fn eval(stage: &'static str, e: eval::EvalError) -> Self {
+        let (line, column) = e.pos.map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        Self { stage, message: e.message, line, column }
     }
 
     fn other(stage: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            stage,
-            message: message.into(),
-            line: None,
-            column: None,
-        }
+        Self { stage, message: message.into(), line: None, column: None }
     }
 }
 
 /// A compiled template.
 pub struct Compiled {
-    template: Template,
+    nodes: Vec<eval::Node>,
     /// Whether string values are JSON-escaped first (the file is `.json`/`.json.hbs`).
     pub json_escape: bool,
 }
 
 /// audithook's own templates (`templates/`), used when `AUDITHOOK_TEMPLATES` is absent.
 pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
-    (
-        "default.json.hbs",
-        include_str!("../../templates/default.json.hbs"),
-    ),
-    (
-        "environment.json.hbs",
-        include_str!("../../templates/environment.json.hbs"),
-    ),
-    (
-        "flag.json.hbs",
-        include_str!("../../templates/flag.json.hbs"),
-    ),
-    (
-        "member.json.hbs",
-        include_str!("../../templates/member.json.hbs"),
-    ),
-    (
-        "project.json.hbs",
-        include_str!("../../templates/project.json.hbs"),
-    ),
-    (
-        "validation.json.hbs",
-        include_str!("../../templates/validation.json.hbs"),
-    ),
+    ("default.json.hbs", include_str!("../../templates/default.json.hbs")),
+    ("environment.json.hbs", include_str!("../../templates/environment.json.hbs")),
+    ("flag.json.hbs", include_str!("../../templates/flag.json.hbs")),
+    ("member.json.hbs", include_str!("../../templates/member.json.hbs")),
+    ("project.json.hbs", include_str!("../../templates/project.json.hbs")),
+    ("validation.json.hbs", include_str!("../../templates/validation.json.hbs")),
 ];
 
 /// The template name for an event kind, as LaunchDarkly chooses: the kind's own template
@@ -112,17 +80,15 @@ pub fn template_for_kind<'a>(renderer: &Renderer, kind: &'a str) -> &'a str {
     }
 }
 
-/// The renderer: a handlebars registry with LaunchDarkly's helpers, built once.
+/// The renderer: named templates compiled once, and the time zone of `simple` dates.
 pub struct Renderer {
-    registry: Handlebars<'static>,
+    tz: chrono_tz::Tz,
     templates: HashMap<String, Compiled>,
 }
 
 impl std::fmt::Debug for Renderer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Renderer")
-            .field("templates", &self.templates.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("Renderer").field("tz", &self.tz).field("templates", &self.names()).finish()
     }
 }
 
@@ -135,33 +101,30 @@ impl Default for Renderer {
 impl Renderer {
     /// A renderer whose `formatWithOffset ... "simple"` uses `tz`.
     pub fn new(tz: chrono_tz::Tz) -> Self {
-        let mut registry = Handlebars::new();
-        registry.set_strict_mode(true);
-        registry.register_escape_fn(js::html_escape);
-        helpers::register(&mut registry, tz);
-        Self {
-            registry,
-            templates: HashMap::new(),
-        }
+        Self { tz, templates: HashMap::new() }
     }
 
-    /// Parses `source` and rewrites it for handlebars.js semantics.
+    /// A renderer holding audithook's built-in templates.
+    pub fn with_builtin(tz: chrono_tz::Tz) -> Self {
+        let mut r = Self::new(tz);
+        for (file, source) in BUILTIN_TEMPLATES {
+            // The built-in templates are tested; a failure here is a build defect.
+            r.register(file, source).unwrap_or_else(|e| panic!("built-in template {file}: {e}"));
+        }
+        r
+    }
+
+    /// Parses and lowers `source`.
     pub fn compile(&self, source: &str) -> Result<Compiled, RenderFailure> {
         if source.len() > MAX_TEMPLATE_BYTES {
             return Err(RenderFailure::other(
                 "parse",
-                format!(
-                    "template is {} bytes; the limit is {MAX_TEMPLATE_BYTES}",
-                    source.len()
-                ),
+                format!("template is {} bytes; the limit is {MAX_TEMPLATE_BYTES}", source.len()),
             ));
         }
-        let mut template = Template::compile(source).map_err(|e| RenderFailure::parse(&e))?;
-        rewrite(&mut template.elements);
-        Ok(Compiled {
-            template,
-            json_escape: false,
-        })
+        let template = Template::compile(source).map_err(|e| RenderFailure::parse(&e))?;
+        let nodes = eval::compile(&template).map_err(|e| RenderFailure::eval("parse", e))?;
+        Ok(Compiled { nodes, json_escape: false })
     }
 
     /// Compiles and keeps a template named by its file name up to the first `.`
@@ -174,43 +137,14 @@ impl Renderer {
         Ok(name)
     }
 
-    /// A renderer holding audithook's built-in templates.
-    pub fn with_builtin(tz: chrono_tz::Tz) -> Self {
-        let mut r = Self::new(tz);
-        for (file, source) in BUILTIN_TEMPLATES {
-            // The built-in templates are tested; a failure here is a build defect.
-            r.register(file, source)
-                .unwrap_or_else(|e| panic!("built-in template {file}: {e}"));
-        }
-        r
+    /// Whether a named template is kept.
+    pub fn has(&self, name: &str) -> bool {
+        self.templates.contains_key(name)
     }
 
     /// A kept template.
     pub fn get(&self, name: &str) -> Option<&Compiled> {
         self.templates.get(name)
-    }
-
-    /// Renders a stored entry with the template for its kind (the event's template
-    /// context, JSON-escaped for `.json` templates). Returns the template name and output.
-    pub fn render_entry(
-        &self,
-        entry: &Value,
-        base_url: &str,
-    ) -> Result<(String, String), RenderFailure> {
-        let kind = entry.get("kind").and_then(Value::as_str).unwrap_or("");
-        let name = template_for_kind(self, kind).to_owned();
-        let compiled = self
-            .templates
-            .get(&name)
-            .ok_or_else(|| RenderFailure::other("render", format!("no template named {name:?}")))?;
-        let ctx = context::template_context(entry, base_url);
-        let data = body_data(&ctx, &Value::Object(Map::new()), compiled.json_escape);
-        Ok((name, self.render(compiled, &Context::from(data))?))
-    }
-
-    /// Whether a named template is kept.
-    pub fn has(&self, name: &str) -> bool {
-        self.templates.contains_key(name)
     }
 
     /// Names of the kept templates.
@@ -220,33 +154,23 @@ impl Renderer {
         names
     }
 
-    /// Renders a kept template.
-    pub fn render_named(&self, name: &str, data: &Context) -> Result<String, RenderFailure> {
-        let compiled = self
-            .templates
-            .get(name)
-            .ok_or_else(|| RenderFailure::other("render", format!("no template named {name:?}")))?;
-        self.render(compiled, data)
+    /// Renders a compiled template over prepared data (see [`body_data`], [`endpoint_data`]).
+    pub fn render(&self, compiled: &Compiled, data: &Value) -> Result<String, RenderFailure> {
+        eval::render(&compiled.nodes, data, self.tz, MAX_OUTPUT_BYTES).map_err(|e| RenderFailure::eval("render", e))
     }
 
-    /// Renders a compiled template over prepared data (see [`body_data`], [`endpoint_data`]).
-    pub fn render(&self, compiled: &Compiled, data: &Context) -> Result<String, RenderFailure> {
-        let mut rc = RenderContext::new(None);
-        let mut out = StringOutput::new();
-        compiled
-            .template
-            .render(&self.registry, data, &mut rc, &mut out)
-            .map_err(|e| RenderFailure::render(&e))?;
-        let text = out
-            .into_string()
-            .map_err(|e| RenderFailure::other("render", e.to_string()))?;
-        if text.len() > MAX_OUTPUT_BYTES {
-            return Err(RenderFailure::other(
-                "render",
-                format!("output exceeds {MAX_OUTPUT_BYTES} bytes"),
-            ));
-        }
-        Ok(text)
+    /// Renders a stored entry with the template for its kind (the event's template
+    /// context, JSON-escaped for `.json` templates). Returns the template name and output.
+    pub fn render_entry(&self, entry: &Value, base_url: &str) -> Result<(String, String), RenderFailure> {
+        let kind = entry.get("kind").and_then(Value::as_str).unwrap_or("");
+        let name = template_for_kind(self, kind).to_owned();
+        let compiled = self
+            .templates
+            .get(&name)
+            .ok_or_else(|| RenderFailure::other("render", format!("no template named {name:?}")))?;
+        let ctx = context::template_context(entry, base_url);
+        let data = body_data(&ctx, &Value::Object(Map::new()), compiled.json_escape);
+        Ok((name, self.render(compiled, &data)?))
     }
 
     /// Loads every `*.hbs` file of `dir` (see [`Renderer::register`]), replacing built-in
@@ -254,68 +178,24 @@ impl Renderer {
     /// line and column.
     pub fn load_dir(&mut self, dir: &FsPath) -> anyhow::Result<Vec<String>> {
         let mut loaded = Vec::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            anyhow::anyhow!("cannot read templates directory {}: {e}", dir.display())
-        })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("cannot read templates directory {}: {e}", dir.display()))?;
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {
-            let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
-                continue;
-            };
+            let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
             if !file.ends_with(".hbs") {
                 continue;
             }
             let source = std::fs::read_to_string(&path)
                 .map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", path.display()))?;
-            let name = self
-                .register(file, &source)
-                .map_err(|e| match (e.line, e.column) {
-                    (Some(l), Some(c)) => {
-                        anyhow::anyhow!("template {}:{l}:{c}: {}", path.display(), e.message)
-                    }
-                    _ => anyhow::anyhow!("template {}: {}", path.display(), e.message),
-                })?;
+            let name = self.register(file, &source).map_err(|e| match (e.line, e.column) {
+                (Some(l), Some(c)) => anyhow::anyhow!("template {}:{l}:{c}: {}", path.display(), e.message),
+                _ => anyhow::anyhow!("template {}: {}", path.display(), e.message),
+            })?;
             loaded.push(name);
         }
         Ok(loaded)
-    }
-}
-
-/// Rewrites every plain `{{path}}` / `{{{path}}}` (no arguments, not a helper) into a call
-/// of the value helper, recursively through blocks.
-fn rewrite(elements: &mut [TemplateElement]) {
-    for el in elements {
-        match el {
-            TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
-                if ht.params.is_empty() && ht.hash.is_empty() && !ht.block {
-                    let path = match &ht.name {
-                        Parameter::Path(p) => Some(p.clone()),
-                        Parameter::Name(n) if !helpers::HELPER_NAMES.contains(&n.as_str()) => {
-                            Path::parse(n).ok()
-                        }
-                        _ => None,
-                    };
-                    if let Some(path) = path {
-                        let is_helper = matches!(&ht.name, Parameter::Name(n) if helpers::HELPER_NAMES.contains(&n.as_str()))
-                            || matches!(&path, Path::Relative((_, raw)) if helpers::HELPER_NAMES.contains(&raw.as_str()));
-                        if !is_helper {
-                            ht.name = Parameter::Name(helpers::VALUE_HELPER.into());
-                            ht.params.push(Parameter::Path(path));
-                        }
-                    }
-                }
-            }
-            TemplateElement::HelperBlock(ht) => {
-                if let Some(t) = ht.template.as_mut() {
-                    rewrite(&mut t.elements);
-                }
-                if let Some(t) = ht.inverse.as_mut() {
-                    rewrite(&mut t.elements);
-                }
-            }
-            _ => {}
-        }
     }
 }
 
@@ -366,13 +246,7 @@ pub fn endpoint_data(form_variables: &Value, oauth: &Value, payload: &Value) -> 
 
 /// Parses a time-zone name such as `UTC` or `Europe/Paris`.
 pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
-    name.parse::<chrono_tz::Tz>()
-        .map_err(|_| format!("unknown time zone {name:?}"))
-}
-
-/// Wraps render data as handlebars context.
-pub fn context(data: Value) -> Context {
-    Context::from(data)
+    name.parse::<chrono_tz::Tz>().map_err(|_| format!("unknown time zone {name:?}"))
 }
 
 #[cfg(test)]
@@ -386,6 +260,6 @@ mod tests {
         let data = body_data(&serde_json::json!({"name": "a\"b"}), &serde_json::json!({}), true);
         assert_eq!(data["name"], "a\\\"b");
         let c = r.compile("{{{name}}}").unwrap();
-        assert_eq!(r.render(&c, &context(data)).unwrap(), "a\\\"b");
+        assert_eq!(r.render(&c, &data).unwrap(), "a\\\"b");
     }
 }

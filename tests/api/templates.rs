@@ -261,7 +261,7 @@ async fn framework_templates_render_stored_events() {
                 let compiled = renderer.compile(&source).unwrap();
                 let escape = audithook::render::json_escape_wanted(&file_name);
                 let data = audithook::render::body_data(&ctx, &form, escape);
-                let out = renderer.render(&compiled, &audithook::render::context(data));
+                let out = renderer.render(&compiled, &data);
                 assert!(out.is_ok(), "{name}/{file_name} over {stored}: {:?}", out.err());
                 rendered += 1;
             }
@@ -322,7 +322,7 @@ fn check_manifest_rules(manifest: &Value, root: &std::path::Path) -> Vec<String>
         endpoint_templates.push(h["value"].as_str().unwrap_or("").to_owned());
     }
     for t in endpoint_templates {
-        let out = renderer.compile(&t).and_then(|c| renderer.render(&c, &audithook::render::context(data.clone())));
+        let out = renderer.compile(&t).and_then(|c| renderer.render(&c, &data));
         if let Err(e) = out {
             problems.push(format!("endpoint template {t:?} fails: {e}"));
         }
