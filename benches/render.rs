@@ -19,16 +19,24 @@ fn main() {
     }
     let read = |p: &str| std::fs::read_to_string(dir.join(p)).expect("corpus file");
     let source = read("templates/datadog/default.json.hbs");
-    let payload: serde_json::Value = serde_json::from_str(&read("contexts/fw-flag-toggle.json")).expect("json");
-    let form: serde_json::Value = serde_json::from_str(&read("formVariables/datadog.preview.json")).expect("json");
+    let payload: serde_json::Value =
+        serde_json::from_str(&read("contexts/fw-flag-toggle.json")).expect("json");
+    let form: serde_json::Value =
+        serde_json::from_str(&read("formVariables/datadog.preview.json")).expect("json");
     let expected = read("expected/datadog__default.json.hbs__fw-flag-toggle.out");
 
     let renderer = Renderer::default();
     let compiled = renderer.compile(&source).expect("compiles");
-    let data = &render::body_data(&payload, &form, true);
-    assert_eq!(renderer.render(&compiled, &data).expect("renders"), expected);
+    let data = render::body_data(&payload, &form, true);
+    assert_eq!(
+        renderer.render(&compiled, &data).expect("renders"),
+        expected
+    );
 
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     // Warm up, then count renders for the measured period.
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_millis(500) {
@@ -44,7 +52,10 @@ fn main() {
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     println!("render benchmark: datadog/default.json.hbs over fw-flag-toggle.json, compiled once, {seconds} s");
-    println!("audithook (handlebars crate + LD semantics): {rate:>10.0} renders/s  ({:.2} us/render)", 1e6 / rate);
+    println!(
+        "audithook (handlebars crate + LD semantics): {rate:>10.0} renders/s  ({:.2} us/render)",
+        1e6 / rate
+    );
 
     if let Ok(hbjs) = std::env::var("HANDLEBARS_JS") {
         let script = format!(
@@ -58,10 +69,22 @@ let s=Date.now();while(Date.now()-s<500)t(ctx);
 let n=0;s=process.hrtime.bigint();const end=s+BigInt({seconds})*1000000000n;
 while(process.hrtime.bigint()<end){{for(let i=0;i<100;i++)t(ctx);n+=100}}
 console.log(n/Number(process.hrtime.bigint()-s)*1e9);"#,
-            src = dir.join("templates/datadog/default.json.hbs").display().to_string(),
-            ctx = dir.join("contexts/fw-flag-toggle.json").display().to_string(),
-            fv = dir.join("formVariables/datadog.preview.json").display().to_string(),
-            exp = dir.join("expected/datadog__default.json.hbs__fw-flag-toggle.out").display().to_string(),
+            src = dir
+                .join("templates/datadog/default.json.hbs")
+                .display()
+                .to_string(),
+            ctx = dir
+                .join("contexts/fw-flag-toggle.json")
+                .display()
+                .to_string(),
+            fv = dir
+                .join("formVariables/datadog.preview.json")
+                .display()
+                .to_string(),
+            exp = dir
+                .join("expected/datadog__default.json.hbs__fw-flag-toggle.out")
+                .display()
+                .to_string(),
         );
         let out = std::process::Command::new("node")
             .arg("-e")
@@ -70,11 +93,17 @@ console.log(n/Number(process.hrtime.bigint()-s)*1e9);"#,
             .output();
         match out {
             Ok(o) if o.status.success() => {
-                let js: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0.0);
+                let js: f64 = String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0.0);
                 println!("handlebars.js (node, strict):               {js:>10.0} renders/s  ({:.2} us/render)", 1e6 / js);
                 println!("ratio audithook / handlebars.js: {:.2}", rate / js);
             }
-            Ok(o) => eprintln!("handlebars.js run failed: {}", String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => eprintln!(
+                "handlebars.js run failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => eprintln!("cannot run node: {e}"),
         }
     }

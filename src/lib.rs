@@ -50,9 +50,10 @@ pub fn app(state: AppState) -> Router {
     let read = Router::new()
         .merge(routes::auditlog::router())
         .merge(routes::preview::router())
-        .route_layer(
-        middleware::from_fn_with_state(state.clone(), require_read_token),
-    );
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_read_token,
+        ));
     Router::new()
         .merge(routes::hooks::router())
         .merge(read)

@@ -138,7 +138,7 @@ async fn preview(mut config: Config, args: PreviewArgs) -> anyhow::Result<()> {
         render::body_data(&payload, &form_variables, compiled.json_escape)
     };
     let text = renderer
-        .render(compiled, &&data)
+        .render(compiled, &data)
         .map_err(|e| located(&args.template, e))?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;

@@ -231,14 +231,16 @@ pub fn template_context(entry: &Value, base_url: &str) -> Value {
         } else {
             format!("/{proj_key}/{env_key}")
         };
-        links.entry("details").or_insert_with(|| {
-            json!({"href": format!("{base}{scope}/audit/{id}/details"), "type": "text/html"})
-        });
+        links.entry("details").or_insert_with(
+            || json!({"href": format!("{base}{scope}/audit/{id}/details"), "type": "text/html"}),
+        );
         let site = match (kind, scope.is_empty()) {
             ("flag", false) => format!("{base}{scope}/features/{key}"),
             _ => format!("{base}{scope}"),
         };
-        links.entry("site").or_insert_with(|| json!({"href": site, "type": "text/html"}));
+        links
+            .entry("site")
+            .or_insert_with(|| json!({"href": site, "type": "text/html"}));
     }
     ctx.insert("key".into(), Value::String(key));
     ctx.insert("tags".into(), json!(tags));
@@ -252,8 +254,9 @@ pub fn template_context(entry: &Value, base_url: &str) -> Value {
             *links = json!({});
         }
         if let Value::Object(l) = links {
-            l.entry("parent")
-                .or_insert_with(|| json!({"href": format!("{base}/api/v2/members"), "type": "application/json"}));
+            l.entry("parent").or_insert_with(
+                || json!({"href": format!("{base}/api/v2/members"), "type": "application/json"}),
+            );
             l.entry("self").or_insert_with(
                 || json!({"href": format!("{base}/api/v2/members/{member_id}"), "type": "application/json"}),
             );

@@ -17,8 +17,8 @@
 
 use base64::Engine;
 use chrono::{Datelike, TimeZone, Timelike};
-use handlebars::template::{BlockParam, Parameter, Template, TemplateElement, TemplateMapping};
 use handlebars::template::HelperTemplate;
+use handlebars::template::{BlockParam, Parameter, Template, TemplateElement, TemplateMapping};
 use handlebars::Path;
 use serde_json::Value;
 
@@ -37,7 +37,10 @@ pub struct EvalError {
 type R<T> = Result<T, EvalError>;
 
 fn fail<T>(message: impl Into<String>) -> R<T> {
-    Err(EvalError { message: message.into(), pos: None })
+    Err(EvalError {
+        message: message.into(),
+        pos: None,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +124,12 @@ fn parse_path(raw: &str) -> PathExpr {
     if !data && segs.first().is_some_and(|(s, b)| !b && s == "this") {
         segs.remove(0);
     }
-    PathExpr { depth, data, segs: segs.into_iter().map(|(s, _)| s).collect(), raw: raw.to_owned() }
+    PathExpr {
+        depth,
+        data,
+        segs: segs.into_iter().map(|(s, _)| s).collect(),
+        raw: raw.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -152,8 +160,18 @@ pub struct Call {
 #[derive(Debug, Clone)]
 pub enum Node {
     Raw(String),
-    Out { call: Call, escape: bool, pos: Option<Pos> },
-    Block { call: Call, body: Vec<Node>, inverse: Option<Vec<Node>>, params: Vec<String>, pos: Option<Pos> },
+    Out {
+        call: Call,
+        escape: bool,
+        pos: Option<Pos>,
+    },
+    Block {
+        call: Call,
+        body: Vec<Node>,
+        inverse: Option<Vec<Node>>,
+        params: Vec<String>,
+        pos: Option<Pos>,
+    },
 }
 
 fn path_raw(p: &Path) -> &str {
@@ -169,7 +187,9 @@ fn lower_param(p: &Parameter) -> R<Expr> {
         Parameter::Name(n) => Expr::Path(parse_path(n)),
         Parameter::Literal(v) => Expr::Literal(v.clone()),
         Parameter::Subexpression(sub) => match sub.as_element() {
-            TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => Expr::Sub(Box::new(lower_call(ht)?)),
+            TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
+                Expr::Sub(Box::new(lower_call(ht)?))
+            }
             _ => return fail("unsupported subexpression"),
         },
         _ => return fail("unsupported parameter"),
@@ -217,13 +237,20 @@ pub fn compile(t: &Template) -> R<Vec<Node>> {
     let mut nodes = Vec::with_capacity(t.elements.len());
     for (i, el) in t.elements.iter().enumerate() {
         let pos = t.mapping.get(i).map(|m: &TemplateMapping| (m.0, m.1));
-        let at = |e: EvalError| EvalError { pos: e.pos.or(pos), ..e };
+        let at = |e: EvalError| EvalError {
+            pos: e.pos.or(pos),
+            ..e
+        };
         match el {
             TemplateElement::RawString(s) => nodes.push(Node::Raw(s.clone())),
             TemplateElement::Comment(_) => {}
             TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
                 let escape = matches!(el, TemplateElement::Expression(_));
-                nodes.push(Node::Out { call: lower_call(ht).map_err(at)?, escape, pos });
+                nodes.push(Node::Out {
+                    call: lower_call(ht).map_err(at)?,
+                    escape,
+                    pos,
+                });
             }
             TemplateElement::HelperBlock(ht) => {
                 let call = lower_call(ht).map_err(at)?;
@@ -241,15 +268,32 @@ pub fn compile(t: &Template) -> R<Vec<Node>> {
                 } else {
                     (body, inverse)
                 };
-                nodes.push(Node::Block { call, body, inverse, params: block_params(&ht.block_param), pos });
+                nodes.push(Node::Block {
+                    call,
+                    body,
+                    inverse,
+                    params: block_params(&ht.block_param),
+                    pos,
+                });
             }
             TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => {
-                return Err(EvalError { message: "partials are not supported".into(), pos });
+                return Err(EvalError {
+                    message: "partials are not supported".into(),
+                    pos,
+                });
             }
             TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
-                return Err(EvalError { message: "decorators are not supported".into(), pos });
+                return Err(EvalError {
+                    message: "decorators are not supported".into(),
+                    pos,
+                });
             }
-            _ => return Err(EvalError { message: "unsupported template element".into(), pos }),
+            _ => {
+                return Err(EvalError {
+                    message: "unsupported template element".into(),
+                    pos,
+                })
+            }
         }
     }
     Ok(nodes)
@@ -262,6 +306,9 @@ struct DataFrame<'a> {
     first: bool,
     last: bool,
 }
+
+/// Evaluated helper arguments (rarely more than three).
+type Args<'a> = smallvec::SmallVec<[Js<'a>; 3]>;
 
 struct State<'a> {
     root: &'a Value,
@@ -289,42 +336,66 @@ pub fn render(nodes: &[Node], data: &Value, tz: chrono_tz::Tz, max_output: usize
 }
 
 fn with_pos(pos: Option<Pos>) -> impl Fn(EvalError) -> EvalError {
-    move |e| EvalError { pos: e.pos.or(pos), ..e }
+    move |e| EvalError {
+        pos: e.pos.or(pos),
+        ..e
+    }
 }
 
 /// One property lookup as handlebars.js's `lookupProperty`: a `TypeError` on `undefined`
 /// and `null`, own properties only.
 fn step<'a>(cur: &Js<'a>, seg: &str, raw: &str) -> R<Js<'a>> {
     let v = match cur {
-        Js::Undefined => return fail(format!("cannot read properties of undefined (reading '{seg}') in `{raw}`")),
+        Js::Undefined => {
+            return fail(format!(
+                "cannot read properties of undefined (reading '{seg}') in `{raw}`"
+            ))
+        }
         Js::Options => return Ok(Js::Undefined),
         Js::Val(v) => Some(*v),
         Js::Owned(_) => None,
     };
     if let Some(v) = v {
         return Ok(match v {
-            Value::Null => return fail(format!("cannot read properties of null (reading '{seg}') in `{raw}`")),
-            Value::Object(m) => m.get(seg).map_or(Js::Undefined, Js::Val),
+            Value::Null => {
+                return fail(format!(
+                    "cannot read properties of null (reading '{seg}') in `{raw}`"
+                ))
+            }
+            Value::Object(m) => get(m, seg).map_or(Js::Undefined, Js::Val),
             Value::Array(items) if seg == "length" => Js::Owned(Value::from(items.len())),
-            Value::Array(items) => index(seg).and_then(|i| items.get(i)).map_or(Js::Undefined, Js::Val),
+            Value::Array(items) => index(seg)
+                .and_then(|i| items.get(i))
+                .map_or(Js::Undefined, Js::Val),
             Value::String(s) => string_prop(s, seg),
             _ => Js::Undefined,
         });
     }
     // An owned value (a helper's result): the same rules, cloning the child.
-    let Js::Owned(v) = cur else { return Ok(Js::Undefined) };
+    let Js::Owned(v) = cur else {
+        return Ok(Js::Undefined);
+    };
     Ok(match v {
-        Value::Null => return fail(format!("cannot read properties of null (reading '{seg}') in `{raw}`")),
+        Value::Null => {
+            return fail(format!(
+                "cannot read properties of null (reading '{seg}') in `{raw}`"
+            ))
+        }
         Value::Object(m) => m.get(seg).map_or(Js::Undefined, |x| Js::Owned(x.clone())),
         Value::Array(items) if seg == "length" => Js::Owned(Value::from(items.len())),
-        Value::Array(items) => index(seg).and_then(|i| items.get(i)).map_or(Js::Undefined, |x| Js::Owned(x.clone())),
+        Value::Array(items) => index(seg)
+            .and_then(|i| items.get(i))
+            .map_or(Js::Undefined, |x| Js::Owned(x.clone())),
         Value::String(s) => string_prop(s, seg),
         _ => Js::Undefined,
     })
 }
 
 fn index(seg: &str) -> Option<usize> {
-    if seg.is_empty() || (seg.len() > 1 && seg.starts_with('0')) || !seg.bytes().all(|b| b.is_ascii_digit()) {
+    if seg.is_empty()
+        || (seg.len() > 1 && seg.starts_with('0'))
+        || !seg.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     seg.parse().ok()
@@ -341,17 +412,29 @@ fn string_prop<'a>(s: &str, seg: &str) -> Js<'a> {
     }
 }
 
-/// Whether handlebars.js's strict check `name in obj` passes (and `obj` is truthy).
-fn strict_has(cur: &Js<'_>, seg: &str) -> bool {
-    let v = match cur {
-        Js::Val(v) => *v,
-        Js::Owned(v) => v,
-        _ => return false,
-    };
-    match v {
-        Value::Object(m) => m.contains_key(seg),
-        Value::Array(items) => seg == "length" || index(seg).is_some_and(|i| i < items.len()),
-        _ => false,
+/// The last step of a strict lookup: handlebars.js's `strict(obj, name)` requires a truthy
+/// `obj` having `name` (`name in obj`), so only objects and arrays pass.
+fn strict_step<'a>(cur: &Js<'a>, seg: &str, raw: &str) -> R<Js<'a>> {
+    let missing = || fail(format!("\"{seg}\" not defined (strict mode): `{raw}`"));
+    match cur {
+        Js::Val(Value::Object(m)) => get(m, seg).map_or_else(missing, |v| Ok(Js::Val(v))),
+        Js::Val(Value::Array(items)) | Js::Owned(Value::Array(items))
+            if seg == "length" || index(seg).is_some_and(|i| i < items.len()) =>
+        {
+            step(cur, seg, raw)
+        }
+        Js::Owned(Value::Object(m)) if m.contains_key(seg) => step(cur, seg, raw),
+        _ => missing(),
+    }
+}
+
+/// A field of an object. Small objects are scanned (faster than hashing the key).
+#[inline]
+fn get<'v>(m: &'v serde_json::Map<String, Value>, key: &str) -> Option<&'v Value> {
+    if m.len() <= 32 {
+        m.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    } else {
+        m.get(key)
     }
 }
 
@@ -376,10 +459,18 @@ impl<'a> State<'a> {
         for node in nodes {
             match node {
                 Node::Raw(s) => self.write(s, false)?,
-                Node::Out { call, escape, pos } => self.out_node(call, *escape).map_err(with_pos(*pos))?,
-                Node::Block { call, body, inverse, params, pos } => {
-                    self.block(call, body, inverse.as_deref(), params).map_err(with_pos(*pos))?
+                Node::Out { call, escape, pos } => {
+                    self.out_node(call, *escape).map_err(with_pos(*pos))?
                 }
+                Node::Block {
+                    call,
+                    body,
+                    inverse,
+                    params,
+                    pos,
+                } => self
+                    .block(call, body, inverse.as_deref(), params)
+                    .map_err(with_pos(*pos))?,
             }
         }
         Ok(())
@@ -389,11 +480,17 @@ impl<'a> State<'a> {
     fn resolve(&self, p: &PathExpr, strict: bool) -> R<Js<'a>> {
         let mut segs = p.segs.iter();
         let mut cur = if p.data {
-            let Some(name) = segs.next() else { return fail(format!("invalid data path `{}`", p.raw)) };
+            let Some(name) = segs.next() else {
+                return fail(format!("invalid data path `{}`", p.raw));
+            };
             if name == "root" {
                 Js::Val(self.root)
             } else {
-                let frame = self.data.len().checked_sub(1 + p.depth).and_then(|i| self.data.get(i));
+                let frame = self
+                    .data
+                    .len()
+                    .checked_sub(1 + p.depth)
+                    .and_then(|i| self.data.get(i));
                 match (frame, name.as_str()) {
                     (Some(f), "index") => Js::Owned(Value::from(f.index)),
                     (Some(f), "key") => f.key.clone(),
@@ -424,10 +521,10 @@ impl<'a> State<'a> {
                     .unwrap_or(Js::Undefined),
             }
         };
-        let rest: Vec<&String> = segs.collect();
-        for (i, seg) in rest.iter().enumerate() {
-            if strict && i + 1 == rest.len() && !strict_has(&cur, seg) {
-                return fail(format!("\"{seg}\" not defined (strict mode): `{}`", p.raw));
+        let mut segs = segs.peekable();
+        while let Some(seg) = segs.next() {
+            if strict && segs.peek().is_none() {
+                return strict_step(&cur, seg, &p.raw);
             }
             cur = step(&cur, seg, &p.raw)?;
         }
@@ -442,8 +539,12 @@ impl<'a> State<'a> {
         }
     }
 
-    fn args(&mut self, call: &Call) -> R<Vec<Js<'a>>> {
-        call.args.iter().map(|a| self.eval(a)).collect()
+    fn args(&mut self, call: &Call) -> R<Args<'a>> {
+        let mut out = Args::new();
+        for a in &call.args {
+            out.push(self.eval(a)?);
+        }
+        Ok(out)
     }
 
     fn hash_truthy(&mut self, call: &Call, key: &str) -> R<bool> {
@@ -455,6 +556,9 @@ impl<'a> State<'a> {
 
     /// A helper used for its value (`{{helper ...}}` or a subexpression).
     fn call_value(&mut self, call: &Call) -> R<Js<'a>> {
+        if let Head::Path(p) = &call.head {
+            return self.resolve(p, true);
+        }
         let args = self.args(call)?;
         let arg = |i: usize| args.get(i).cloned().unwrap_or(Js::Options);
         match &call.head {
@@ -470,10 +574,12 @@ impl<'a> State<'a> {
                     let field = arg(1).to_js_string();
                     step(&obj, &field, "lookup")
                 }
-                HelperKind::PathEncode => Ok(Js::Owned(Value::String(js::encode_uri(&arg(0).to_js_string())))),
-                HelperKind::QueryEncode => {
-                    Ok(Js::Owned(Value::String(js::encode_uri_component(&arg(0).to_js_string()))))
-                }
+                HelperKind::PathEncode => Ok(Js::Owned(Value::String(js::encode_uri(
+                    &arg(0).to_js_string(),
+                )))),
+                HelperKind::QueryEncode => Ok(Js::Owned(Value::String(js::encode_uri_component(
+                    &arg(0).to_js_string(),
+                )))),
                 HelperKind::BasicAuth => {
                     let pair = format!("{}:{}", arg(0).to_js_string(), arg(1).to_js_string());
                     Ok(Js::Owned(Value::String(format!(
@@ -481,7 +587,9 @@ impl<'a> State<'a> {
                         base64::engine::general_purpose::STANDARD.encode(pair)
                     ))))
                 }
-                HelperKind::FormatWithOffset => format_with_offset(&arg(0), &arg(1), &arg(2), self.tz),
+                HelperKind::FormatWithOffset => {
+                    format_with_offset(&arg(0), &arg(1), &arg(2), self.tz)
+                }
                 // Block helpers used inline render nothing (their block is a no-op), but
                 // their arguments are still checked.
                 HelperKind::If | HelperKind::Unless => {
@@ -490,15 +598,22 @@ impl<'a> State<'a> {
                     }
                     Ok(Js::Owned(Value::String(String::new())))
                 }
-                HelperKind::With | HelperKind::Each | HelperKind::Equal => Ok(Js::Owned(Value::String(String::new()))),
+                HelperKind::With | HelperKind::Each | HelperKind::Equal => {
+                    Ok(Js::Owned(Value::String(String::new())))
+                }
             },
         }
     }
 
     fn out_node(&mut self, call: &Call, escape: bool) -> R<()> {
-        let v = self.call_value(call)?;
-        let text = v.display();
-        self.write(&text, escape)
+        match self.call_value(call)? {
+            Js::Val(Value::String(s)) => self.write(s, escape),
+            Js::Owned(Value::String(s)) => self.write(&s, escape),
+            v => {
+                let text = v.display();
+                self.write(&text, escape)
+            }
+        }
     }
 
     fn with_context(&mut self, ctx: Js<'a>, body: &[Node]) -> R<()> {
@@ -508,7 +623,13 @@ impl<'a> State<'a> {
         r
     }
 
-    fn block(&mut self, call: &Call, body: &[Node], inverse: Option<&[Node]>, params: &[String]) -> R<()> {
+    fn block(
+        &mut self,
+        call: &Call,
+        body: &[Node],
+        inverse: Option<&[Node]>,
+        params: &[String],
+    ) -> R<()> {
         let inverse = inverse.unwrap_or(&[]);
         let kind = match &call.head {
             Head::Helper(k) => *k,
@@ -523,17 +644,32 @@ impl<'a> State<'a> {
         match kind {
             HelperKind::If | HelperKind::Unless => {
                 if args.len() != 1 {
-                    return fail(format!("#{} requires exactly one argument", if kind == HelperKind::If { "if" } else { "unless" }));
+                    return fail(format!(
+                        "#{} requires exactly one argument",
+                        if kind == HelperKind::If {
+                            "if"
+                        } else {
+                            "unless"
+                        }
+                    ));
                 }
                 let include_zero = self.hash_truthy(call, "includeZero")?;
                 let truthy = args[0].truthy(include_zero);
-                self.nodes(if truthy != (kind == HelperKind::Unless) { body } else { inverse })
+                self.nodes(if truthy != (kind == HelperKind::Unless) {
+                    body
+                } else {
+                    inverse
+                })
             }
             HelperKind::Equal => {
                 if args.len() != 2 {
                     return fail("equal needs exactly two arguments (TypeError: options.fn is not a function)");
                 }
-                self.nodes(if args[0].strict_equals(&args[1]) { body } else { inverse })
+                self.nodes(if args[0].strict_equals(&args[1]) {
+                    body
+                } else {
+                    inverse
+                })
             }
             HelperKind::With => {
                 if args.len() != 1 {
@@ -565,10 +701,18 @@ impl<'a> State<'a> {
     }
 
     /// `{{#value}}` where `value` is not a helper (handlebars.js `blockHelperMissing`).
-    fn block_helper_missing(&mut self, v: Js<'a>, body: &[Node], inverse: &[Node], params: &[String]) -> R<()> {
+    fn block_helper_missing(
+        &mut self,
+        v: Js<'a>,
+        body: &[Node],
+        inverse: &[Node],
+        params: &[String],
+    ) -> R<()> {
         match v.value() {
             Some(Value::Bool(true)) => self.nodes(body),
-            Some(Value::Bool(false)) | Some(Value::Null) | None if !matches!(v, Js::Options) => self.nodes(inverse),
+            Some(Value::Bool(false)) | Some(Value::Null) | None if !matches!(v, Js::Options) => {
+                self.nodes(inverse)
+            }
             Some(Value::Array(a)) if a.is_empty() => self.nodes(inverse),
             Some(Value::Array(_)) => self.each(v, body, inverse, params),
             _ => self.with_context(v, body),
@@ -577,9 +721,11 @@ impl<'a> State<'a> {
 
     fn each(&mut self, v: Js<'a>, body: &[Node], inverse: &[Node], params: &[String]) -> R<()> {
         let items: Vec<(Js<'a>, Js<'a>)> = match &v {
-            Js::Val(Value::Array(items)) => {
-                items.iter().enumerate().map(|(i, x)| (Js::Owned(Value::from(i)), Js::Val(x))).collect()
-            }
+            Js::Val(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (Js::Owned(Value::from(i)), Js::Val(x)))
+                .collect(),
             Js::Val(Value::Object(map)) => js::js_key_order(map)
                 .into_iter()
                 .map(|k| (Js::Owned(Value::String(k.clone())), Js::Val(&map[k])))
@@ -591,7 +737,12 @@ impl<'a> State<'a> {
                 .collect(),
             Js::Owned(Value::Object(map)) => js::js_key_order(map)
                 .into_iter()
-                .map(|k| (Js::Owned(Value::String(k.clone())), Js::Owned(map[k].clone())))
+                .map(|k| {
+                    (
+                        Js::Owned(Value::String(k.clone())),
+                        Js::Owned(map[k].clone()),
+                    )
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -600,7 +751,12 @@ impl<'a> State<'a> {
         }
         let n = items.len();
         for (i, (key, item)) in items.into_iter().enumerate() {
-            self.data.push(DataFrame { index: i, key: key.clone(), first: i == 0, last: i + 1 == n });
+            self.data.push(DataFrame {
+                index: i,
+                key: key.clone(),
+                first: i == 0,
+                last: i + 1 == n,
+            });
             let mut pushed = 0;
             if let Some(name) = params.first() {
                 self.block_params.push((name.clone(), item.clone()));
@@ -642,14 +798,23 @@ fn escape_into(out: &mut String, s: &str) {
 /// `formatWithOffset ms offsetSeconds format` as the framework: `new Date(ms + offset * 1000)`
 /// then `milliseconds`, `seconds` (rounded), `rfc3339` (`toISOString`), `simple`
 /// (`yyyy-mm-dd h:MM:ss` in `tz`); any other format gives the milliseconds.
-fn format_with_offset<'a>(epoch: &Js<'_>, offset: &Js<'_>, format: &Js<'_>, tz: chrono_tz::Tz) -> R<Js<'a>> {
+fn format_with_offset<'a>(
+    epoch: &Js<'_>,
+    offset: &Js<'_>,
+    format: &Js<'_>,
+    tz: chrono_tz::Tz,
+) -> R<Js<'a>> {
     let offset_ms = offset.to_number() * 1000.0;
     // A string epoch concatenates into a string the Date constructor cannot parse.
     let sum = match epoch.value() {
         Some(Value::String(_) | Value::Object(_) | Value::Array(_)) | None => f64::NAN,
         Some(_) => epoch.to_number() + offset_ms,
     };
-    let t = if sum.is_finite() && sum.abs() <= 8.64e15 { sum.trunc() + 0.0 } else { f64::NAN };
+    let t = if sum.is_finite() && sum.abs() <= 8.64e15 {
+        sum.trunc() + 0.0
+    } else {
+        f64::NAN
+    };
     let format = match format {
         Js::Val(Value::String(s)) => s.as_str(),
         Js::Owned(Value::String(s)) => s.as_str(),
@@ -658,11 +823,17 @@ fn format_with_offset<'a>(epoch: &Js<'_>, offset: &Js<'_>, format: &Js<'_>, tz: 
     let text = match format {
         "seconds" => return Ok(number(((t / 1000.0) + 0.5).floor())),
         "rfc3339" => {
-            let dt = datetime(t).ok_or_else(|| EvalError { message: "RangeError: Invalid time value".into(), pos: None })?;
+            let dt = datetime(t).ok_or_else(|| EvalError {
+                message: "RangeError: Invalid time value".into(),
+                pos: None,
+            })?;
             iso_string(&dt)
         }
         "simple" => {
-            let dt = datetime(t).ok_or_else(|| EvalError { message: "TypeError: Invalid date".into(), pos: None })?;
+            let dt = datetime(t).ok_or_else(|| EvalError {
+                message: "TypeError: Invalid date".into(),
+                pos: None,
+            })?;
             let local = dt.with_timezone(&tz);
             let hour12 = match local.hour() % 12 {
                 0 => 12,
@@ -724,7 +895,10 @@ mod tests {
     #[test]
     fn paths() {
         let p = parse_path("../../a.[b c]/d");
-        assert_eq!((p.depth, p.data, p.segs.clone()), (2, false, vec!["a".into(), "b c".into(), "d".into()]));
+        assert_eq!(
+            (p.depth, p.data, p.segs.clone()),
+            (2, false, vec!["a".into(), "b c".into(), "d".into()])
+        );
         let p = parse_path("this.values");
         assert_eq!(p.segs, vec!["values"]);
         let p = parse_path("@root.kind");

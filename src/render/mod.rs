@@ -40,16 +40,31 @@ pub struct RenderFailure {
 impl RenderFailure {
     fn parse(e: &handlebars::TemplateError) -> Self {
         let (line, column) = e.pos().map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        Self { stage: "parse", message: e.reason().to_string(), line, column }
+        Self {
+            stage: "parse",
+            message: e.reason().to_string(),
+            line,
+            column,
+        }
     }
 
     fn eval(stage: &'static str, e: eval::EvalError) -> Self {
         let (line, column) = e.pos.map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        Self { stage, message: e.message, line, column }
+        Self {
+            stage,
+            message: e.message,
+            line,
+            column,
+        }
     }
 
     fn other(stage: &'static str, message: impl Into<String>) -> Self {
-        Self { stage, message: message.into(), line: None, column: None }
+        Self {
+            stage,
+            message: message.into(),
+            line: None,
+            column: None,
+        }
     }
 }
 
@@ -62,12 +77,30 @@ pub struct Compiled {
 
 /// audithook's own templates (`templates/`), used when `AUDITHOOK_TEMPLATES` is absent.
 pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
-    ("default.json.hbs", include_str!("../../templates/default.json.hbs")),
-    ("environment.json.hbs", include_str!("../../templates/environment.json.hbs")),
-    ("flag.json.hbs", include_str!("../../templates/flag.json.hbs")),
-    ("member.json.hbs", include_str!("../../templates/member.json.hbs")),
-    ("project.json.hbs", include_str!("../../templates/project.json.hbs")),
-    ("validation.json.hbs", include_str!("../../templates/validation.json.hbs")),
+    (
+        "default.json.hbs",
+        include_str!("../../templates/default.json.hbs"),
+    ),
+    (
+        "environment.json.hbs",
+        include_str!("../../templates/environment.json.hbs"),
+    ),
+    (
+        "flag.json.hbs",
+        include_str!("../../templates/flag.json.hbs"),
+    ),
+    (
+        "member.json.hbs",
+        include_str!("../../templates/member.json.hbs"),
+    ),
+    (
+        "project.json.hbs",
+        include_str!("../../templates/project.json.hbs"),
+    ),
+    (
+        "validation.json.hbs",
+        include_str!("../../templates/validation.json.hbs"),
+    ),
 ];
 
 /// The template name for an event kind, as LaunchDarkly chooses: the kind's own template
@@ -88,7 +121,10 @@ pub struct Renderer {
 
 impl std::fmt::Debug for Renderer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Renderer").field("tz", &self.tz).field("templates", &self.names()).finish()
+        f.debug_struct("Renderer")
+            .field("tz", &self.tz)
+            .field("templates", &self.names())
+            .finish()
     }
 }
 
@@ -101,7 +137,10 @@ impl Default for Renderer {
 impl Renderer {
     /// A renderer whose `formatWithOffset ... "simple"` uses `tz`.
     pub fn new(tz: chrono_tz::Tz) -> Self {
-        Self { tz, templates: HashMap::new() }
+        Self {
+            tz,
+            templates: HashMap::new(),
+        }
     }
 
     /// A renderer holding audithook's built-in templates.
@@ -109,7 +148,8 @@ impl Renderer {
         let mut r = Self::new(tz);
         for (file, source) in BUILTIN_TEMPLATES {
             // The built-in templates are tested; a failure here is a build defect.
-            r.register(file, source).unwrap_or_else(|e| panic!("built-in template {file}: {e}"));
+            r.register(file, source)
+                .unwrap_or_else(|e| panic!("built-in template {file}: {e}"));
         }
         r
     }
@@ -119,12 +159,18 @@ impl Renderer {
         if source.len() > MAX_TEMPLATE_BYTES {
             return Err(RenderFailure::other(
                 "parse",
-                format!("template is {} bytes; the limit is {MAX_TEMPLATE_BYTES}", source.len()),
+                format!(
+                    "template is {} bytes; the limit is {MAX_TEMPLATE_BYTES}",
+                    source.len()
+                ),
             ));
         }
         let template = Template::compile(source).map_err(|e| RenderFailure::parse(&e))?;
         let nodes = eval::compile(&template).map_err(|e| RenderFailure::eval("parse", e))?;
-        Ok(Compiled { nodes, json_escape: false })
+        Ok(Compiled {
+            nodes,
+            json_escape: false,
+        })
     }
 
     /// Compiles and keeps a template named by its file name up to the first `.`
@@ -156,12 +202,17 @@ impl Renderer {
 
     /// Renders a compiled template over prepared data (see [`body_data`], [`endpoint_data`]).
     pub fn render(&self, compiled: &Compiled, data: &Value) -> Result<String, RenderFailure> {
-        eval::render(&compiled.nodes, data, self.tz, MAX_OUTPUT_BYTES).map_err(|e| RenderFailure::eval("render", e))
+        eval::render(&compiled.nodes, data, self.tz, MAX_OUTPUT_BYTES)
+            .map_err(|e| RenderFailure::eval("render", e))
     }
 
     /// Renders a stored entry with the template for its kind (the event's template
     /// context, JSON-escaped for `.json` templates). Returns the template name and output.
-    pub fn render_entry(&self, entry: &Value, base_url: &str) -> Result<(String, String), RenderFailure> {
+    pub fn render_entry(
+        &self,
+        entry: &Value,
+        base_url: &str,
+    ) -> Result<(String, String), RenderFailure> {
         let kind = entry.get("kind").and_then(Value::as_str).unwrap_or("");
         let name = template_for_kind(self, kind).to_owned();
         let compiled = self
@@ -178,21 +229,28 @@ impl Renderer {
     /// line and column.
     pub fn load_dir(&mut self, dir: &FsPath) -> anyhow::Result<Vec<String>> {
         let mut loaded = Vec::new();
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| anyhow::anyhow!("cannot read templates directory {}: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            anyhow::anyhow!("cannot read templates directory {}: {e}", dir.display())
+        })?;
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {
-            let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
+            let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+                continue;
+            };
             if !file.ends_with(".hbs") {
                 continue;
             }
             let source = std::fs::read_to_string(&path)
                 .map_err(|e| anyhow::anyhow!("cannot read template {}: {e}", path.display()))?;
-            let name = self.register(file, &source).map_err(|e| match (e.line, e.column) {
-                (Some(l), Some(c)) => anyhow::anyhow!("template {}:{l}:{c}: {}", path.display(), e.message),
-                _ => anyhow::anyhow!("template {}: {}", path.display(), e.message),
-            })?;
+            let name = self
+                .register(file, &source)
+                .map_err(|e| match (e.line, e.column) {
+                    (Some(l), Some(c)) => {
+                        anyhow::anyhow!("template {}:{l}:{c}: {}", path.display(), e.message)
+                    }
+                    _ => anyhow::anyhow!("template {}: {}", path.display(), e.message),
+                })?;
             loaded.push(name);
         }
         Ok(loaded)
@@ -246,7 +304,8 @@ pub fn endpoint_data(form_variables: &Value, oauth: &Value, payload: &Value) -> 
 
 /// Parses a time-zone name such as `UTC` or `Europe/Paris`.
 pub fn parse_tz(name: &str) -> Result<chrono_tz::Tz, String> {
-    name.parse::<chrono_tz::Tz>().map_err(|_| format!("unknown time zone {name:?}"))
+    name.parse::<chrono_tz::Tz>()
+        .map_err(|_| format!("unknown time zone {name:?}"))
 }
 
 #[cfg(test)]
@@ -257,7 +316,11 @@ mod tests {
     fn builtin_json_templates_escape() {
         let r = Renderer::with_builtin(chrono_tz::UTC);
         assert!(r.get("flag").unwrap().json_escape);
-        let data = body_data(&serde_json::json!({"name": "a\"b"}), &serde_json::json!({}), true);
+        let data = body_data(
+            &serde_json::json!({"name": "a\"b"}),
+            &serde_json::json!({}),
+            true,
+        );
         assert_eq!(data["name"], "a\\\"b");
         let c = r.compile("{{{name}}}").unwrap();
         assert_eq!(r.render(&c, &data).unwrap(), "a\\\"b");

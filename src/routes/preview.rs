@@ -147,7 +147,7 @@ async fn create_preview(
     } else {
         render::body_data(&payload, &form_variables, json_escape)
     };
-    match renderer.render(compiled, &&data) {
+    match renderer.render(compiled, &data) {
         Ok(text) => {
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
         }

@@ -327,10 +327,7 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 
 /// The writer: takes every request queued, commits them in one transaction, answers each.
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteReq>, metrics: &Metrics) {
-    let mut group: Vec<(
-        Vec<NewEvent>,
-        oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
-    )> = Vec::new();
+    let mut group: Group = Vec::new();
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut queued = Some(first);

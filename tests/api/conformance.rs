@@ -45,9 +45,7 @@ pub fn render_entry(
         ),
     };
     let compiled = renderer.compile(&source).map_err(|e| e.message)?;
-    renderer
-        .render(&compiled, &&data)
-        .map_err(|e| e.message)
+    renderer.render(&compiled, &data).map_err(|e| e.message)
 }
 
 #[test]

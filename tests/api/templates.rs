@@ -12,7 +12,13 @@ fn manifest_dir() -> std::path::PathBuf {
 }
 
 async fn preview(app: &TestApp, body: Value) -> reqwest::Response {
-    app.client.post(format!("{}/preview", app.base)).bearer_auth(API_TOKEN).json(&body).send().await.unwrap()
+    app.client
+        .post(format!("{}/preview", app.base))
+        .bearer_auth(API_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -20,10 +26,16 @@ async fn preview_renders_a_source_over_a_context_byte_for_byte() {
     let Some(dir) = corpus_dir() else { return };
     let app = spawn_app().await;
     let source = std::fs::read_to_string(dir.join("templates/datadog/default.json.hbs")).unwrap();
-    let context: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("contexts/fw-flag-toggle.json")).unwrap()).unwrap();
-    let form: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("formVariables/datadog.preview.json")).unwrap()).unwrap();
-    let expected = std::fs::read(dir.join("expected/datadog__default.json.hbs__fw-flag-toggle.out")).unwrap();
+    let context: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("contexts/fw-flag-toggle.json")).unwrap(),
+    )
+    .unwrap();
+    let form: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("formVariables/datadog.preview.json")).unwrap(),
+    )
+    .unwrap();
+    let expected =
+        std::fs::read(dir.join("expected/datadog__default.json.hbs__fw-flag-toggle.out")).unwrap();
     let r = preview(
         &app,
         json!({"template": source, "context": context, "formVariables": form, "filename": "default.json.hbs"}),
@@ -38,21 +50,35 @@ async fn preview_renders_a_source_over_a_context_byte_for_byte() {
 async fn preview_escapes_like_handlebars_js() {
     let app = spawn_app().await;
     let ctx = json!({"v": "a&b<c>\"d\"'e'`f`=g", "n": null, "list": ["x", "y"], "obj": {"k": 1}, "zero": 0});
-    let r = preview(&app, json!({"template": "{{v}}|{{{v}}}|{{n}}|{{list}}|{{obj}}|{{zero}}", "context": ctx})).await;
+    let r = preview(
+        &app,
+        json!({"template": "{{v}}|{{{v}}}|{{n}}|{{list}}|{{obj}}|{{zero}}", "context": ctx}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.text().await.unwrap(),
         "a&amp;b&lt;c&gt;&quot;d&quot;&#x27;e&#x27;&#x60;f&#x60;&#x3D;g|a&b<c>\"d\"'e'`f`=g||x,y|[object Object]|0"
     );
     // JSON escaping follows the file name.
-    let r = preview(&app, json!({"template": "{{{v}}}", "context": {"v": "a\"b\n"}, "filename": "x.json.hbs"})).await;
+    let r = preview(
+        &app,
+        json!({"template": "{{{v}}}", "context": {"v": "a\"b\n"}, "filename": "x.json.hbs"}),
+    )
+    .await;
     assert_eq!(r.text().await.unwrap(), "a\\\"b\\n");
 }
 
 #[tokio::test]
 async fn preview_a_named_template_over_a_stored_event() {
     let app = spawn_app().await;
-    let mut entry = rest_entry("ev-1", 1_580_777_319_650, "Demo \"quoted\"\nflag", "proj/default:env/production:flag/demo", "m1");
+    let mut entry = rest_entry(
+        "ev-1",
+        1_580_777_319_650,
+        "Demo \"quoted\"\nflag",
+        "proj/default:env/production:flag/demo",
+        "m1",
+    );
     entry["comment"] = json!("ship it");
     app.post_event(entry.to_string()).await;
     let r = preview(&app, json!({"name": "flag", "event": "ev-1"})).await;
@@ -84,27 +110,75 @@ async fn preview_errors() {
     let app = spawn_app().await;
     let ctx = json!({"name": "x", "title": "plain string"});
     let cases = [
-        (json!({"template": "line one\n{{#if name}}\n{{/each}}", "context": ctx}), 422, Some(3)),
-        (json!({"template": "Hello {{shout name}}", "context": ctx}), 422, None),
-        (json!({"template": "{{missing.field}}", "context": ctx}), 422, None),
-        (json!({"template": "{{title.plainText}}", "context": ctx}), 422, None),
-        (json!({"template": "{{#if a.b}}x{{/if}}", "context": ctx}), 422, None),
-        (json!({"template": "{{formatWithOffset name 0 \"rfc3339\"}}", "context": ctx}), 422, None),
-        (json!({"template": "{{#equal name}}x{{/equal}}", "context": ctx}), 422, None),
-        (json!({"template": "x".repeat(300 * 1024), "context": ctx}), 422, None),
-        (json!({"template": "x", "name": "flag", "context": ctx}), 400, None),
+        (
+            json!({"template": "line one\n{{#if name}}\n{{/each}}", "context": ctx}),
+            422,
+            Some(3),
+        ),
+        (
+            json!({"template": "Hello {{shout name}}", "context": ctx}),
+            422,
+            None,
+        ),
+        (
+            json!({"template": "{{missing.field}}", "context": ctx}),
+            422,
+            None,
+        ),
+        (
+            json!({"template": "{{title.plainText}}", "context": ctx}),
+            422,
+            None,
+        ),
+        (
+            json!({"template": "{{#if a.b}}x{{/if}}", "context": ctx}),
+            422,
+            None,
+        ),
+        (
+            json!({"template": "{{formatWithOffset name 0 \"rfc3339\"}}", "context": ctx}),
+            422,
+            None,
+        ),
+        (
+            json!({"template": "{{#equal name}}x{{/equal}}", "context": ctx}),
+            422,
+            None,
+        ),
+        (
+            json!({"template": "x".repeat(300 * 1024), "context": ctx}),
+            422,
+            None,
+        ),
+        (
+            json!({"template": "x", "name": "flag", "context": ctx}),
+            400,
+            None,
+        ),
         (json!({"context": ctx}), 400, None),
         (json!({"template": "x"}), 400, None),
         (json!({"template": "x", "context": [1]}), 400, None),
-        (json!({"template": "x", "context": ctx, "bogus": 1}), 400, None),
+        (
+            json!({"template": "x", "context": ctx, "bogus": 1}),
+            400,
+            None,
+        ),
         (json!({"name": "nope", "context": ctx}), 400, None),
         (json!({"name": "flag", "event": "unknown"}), 404, None),
     ];
     for (body, status, line) in cases {
         let r = preview(&app, body.clone()).await;
-        assert_eq!(r.status(), status, "{}", &body.to_string()[..body.to_string().len().min(120)]);
+        assert_eq!(
+            r.status(),
+            status,
+            "{}",
+            &body.to_string()[..body.to_string().len().min(120)]
+        );
         let err: Value = r.json().await.unwrap();
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{err}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{err}"
+        );
         if status == 422 {
             assert_eq!(err["code"], "template_error");
         }
@@ -113,11 +187,32 @@ async fn preview_errors() {
             assert!(err["column"].as_u64().is_some(), "{err}");
         }
     }
-    let r = app.client.post(format!("{}/preview", app.base)).bearer_auth(API_TOKEN).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/preview", app.base))
+        .bearer_auth(API_TOKEN)
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = app.client.post(format!("{}/preview", app.base)).json(&json!({"template": "x", "context": {}})).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/preview", app.base))
+        .json(&json!({"template": "x", "context": {}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.client.post(format!("{}/preview", app.base)).bearer_auth(HOOK_TOKEN).json(&json!({"template": "x", "context": {}})).send().await.unwrap();
+    let r = app
+        .client
+        .post(format!("{}/preview", app.base))
+        .bearer_auth(HOOK_TOKEN)
+        .json(&json!({"template": "x", "context": {}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -131,7 +226,13 @@ fn audithook() -> Command {
 fn cli_preview_prints_exactly_the_rendered_bytes() {
     let Some(dir) = corpus_dir() else { return };
     for (template, context, form, tz, expected) in [
-        ("datadog/default.json.hbs", "fw-flag-toggle.json", "datadog.preview.json", "UTC", "datadog__default.json.hbs__fw-flag-toggle.out"),
+        (
+            "datadog/default.json.hbs",
+            "fw-flag-toggle.json",
+            "datadog.preview.json",
+            "UTC",
+            "datadog__default.json.hbs__fw-flag-toggle.out",
+        ),
         (
             "_synthetic/helpers-format.txt.hbs",
             "ld-flag-epoch-zero.json",
@@ -151,8 +252,16 @@ fn cli_preview_prints_exactly_the_rendered_bytes() {
             .arg(tz)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(out.stdout, std::fs::read(dir.join("expected").join(expected)).unwrap(), "{template}");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.stdout,
+            std::fs::read(dir.join("expected").join(expected)).unwrap(),
+            "{template}"
+        );
     }
     // Endpoint mode: form variables at top level, `context`.
     let out = audithook()
@@ -165,7 +274,11 @@ fn cli_preview_prints_exactly_the_rendered_bytes() {
         .arg(dir.join("formVariables/sample-integration.preview.json"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let expected = dir.join("expected/_endpoint__sample-integration.url.hbs__fw-preview-frozen-targeting-rule-update.out");
     assert_eq!(out.stdout, std::fs::read(expected).unwrap());
 }
@@ -177,17 +290,39 @@ fn cli_preview_fails_with_exit_1_and_a_located_message() {
     std::fs::write(&template, "ok\n{{#if name}}\n{{/each}}\n").unwrap();
     let context = tmp.path().join("ctx.json");
     std::fs::write(&context, r#"{"name": "x"}"#).unwrap();
-    let out = audithook().arg("preview").arg(&template).arg("--context").arg(&context).output().unwrap();
+    let out = audithook()
+        .arg("preview")
+        .arg(&template)
+        .arg("--context")
+        .arg(&context)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.txt.hbs:3:"), "{stderr}");
     std::fs::write(&template, "{{missing}}").unwrap();
-    let out = audithook().arg("preview").arg(&template).arg("--context").arg(&context).output().unwrap();
+    let out = audithook()
+        .arg("preview")
+        .arg(&template)
+        .arg("--context")
+        .arg(&context)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(&context, "not json").unwrap();
-    let out = audithook().arg("preview").arg(&template).arg("--context").arg(&context).output().unwrap();
+    let out = audithook()
+        .arg("preview")
+        .arg(&template)
+        .arg("--context")
+        .arg(&context)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
 }
@@ -195,15 +330,23 @@ fn cli_preview_fails_with_exit_1_and_a_located_message() {
 #[tokio::test]
 async fn cli_preview_of_a_stored_event() {
     let app = spawn_app().await;
-    app.post_event(hook_payload("stored-1", 1_580_778_134_028).to_string()).await;
+    app.post_event(hook_payload("stored-1", 1_580_778_134_028).to_string())
+        .await;
     let db = app.db.clone();
     let _dir = app.stop().await;
     let out = audithook()
         .args(["preview", "default", "--event", "stored-1"])
-        .env("AUDITHOOK_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env(
+            "AUDITHOOK_DATABASE_URL",
+            format!("sqlite://{}", db.display()),
+        )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["id"], "stored-1");
     assert_eq!(v["time"], "2020-02-04T01:02:14Z");
@@ -219,13 +362,28 @@ async fn builtin_templates_render_valid_json_for_every_kind_and_shape() {
     let mut nobody = rest_entry("n1", 5, "n", "proj/p", "x");
     nobody.as_object_mut().unwrap().remove("member");
     let mut entries = vec![hook_payload("h1", 1), token_only, nobody];
-    for kind in ["flag", "project", "environment", "member", "segment", "webhook"] {
-        let mut e = rest_entry(&format!("k-{kind}"), 7, "Name\twith\ttabs", "proj/p:env/e:flag/f", "m");
+    for kind in [
+        "flag",
+        "project",
+        "environment",
+        "member",
+        "segment",
+        "webhook",
+    ] {
+        let mut e = rest_entry(
+            &format!("k-{kind}"),
+            7,
+            "Name\twith\ttabs",
+            "proj/p:env/e:flag/f",
+            "m",
+        );
         e["kind"] = json!(kind);
         entries.push(e);
     }
     for entry in entries {
-        let (name, out) = renderer.render_entry(&entry, "https://app.launchdarkly.com").expect("renders");
+        let (name, out) = renderer
+            .render_entry(&entry, "https://app.launchdarkly.com")
+            .expect("renders");
         let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{name}: {e}\n{out}"));
         assert_eq!(v["id"], entry["_id"], "{name}");
     }
@@ -235,17 +393,30 @@ async fn builtin_templates_render_valid_json_for_every_kind_and_shape() {
 async fn framework_templates_render_stored_events() {
     let Some(dir) = corpus_dir() else { return };
     let app = spawn_app().await;
-    let mut flag = rest_entry("fw-1", 1_700_000_000_000, "Checkout", "proj/default:env/production:flag/checkout", "m1");
+    let mut flag = rest_entry(
+        "fw-1",
+        1_700_000_000_000,
+        "Checkout",
+        "proj/default:env/production:flag/checkout",
+        "m1",
+    );
     flag["comment"] = json!("going live");
     app.post_event(flag.to_string()).await;
-    app.post_event(hook_payload("fw-2", 1_700_000_000_001).to_string()).await;
+    app.post_event(hook_payload("fw-2", 1_700_000_000_001).to_string())
+        .await;
     let renderer = audithook::render::Renderer::with_builtin(chrono_tz::UTC);
     let mut rendered = 0;
     for stored in ["fw-1", "fw-2"] {
-        let item: Value = app.read(&format!("/api/v2/auditlog/{stored}")).await.json().await.unwrap();
+        let item: Value = app
+            .read(&format!("/api/v2/auditlog/{stored}"))
+            .await
+            .json()
+            .await
+            .unwrap();
         let raw: Value = serde_json::from_str(&app.stored_raw(stored).unwrap()).unwrap();
         assert_eq!(item["_id"], raw["_id"]);
-        let ctx = audithook::render::context::template_context(&raw, "https://app.launchdarkly.com");
+        let ctx =
+            audithook::render::context::template_context(&raw, "https://app.launchdarkly.com");
         for integration in std::fs::read_dir(dir.join("templates")).unwrap() {
             let integration = integration.unwrap();
             let name = integration.file_name().into_string().unwrap();
@@ -253,7 +424,9 @@ async fn framework_templates_render_stored_events() {
                 continue;
             }
             let form_file = dir.join(format!("formVariables/{name}.preview.json"));
-            let form: Value = std::fs::read_to_string(&form_file).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(json!({}));
+            let form: Value = std::fs::read_to_string(&form_file)
+                .map(|t| serde_json::from_str(&t).unwrap())
+                .unwrap_or(json!({}));
             for file in std::fs::read_dir(integration.path()).unwrap() {
                 let file = file.unwrap();
                 let file_name = file.file_name().into_string().unwrap();
@@ -262,7 +435,11 @@ async fn framework_templates_render_stored_events() {
                 let escape = audithook::render::json_escape_wanted(&file_name);
                 let data = audithook::render::body_data(&ctx, &form, escape);
                 let out = renderer.render(&compiled, &data);
-                assert!(out.is_ok(), "{name}/{file_name} over {stored}: {:?}", out.err());
+                assert!(
+                    out.is_ok(),
+                    "{name}/{file_name} over {stored}: {:?}",
+                    out.err()
+                );
                 rendered += 1;
             }
         }
@@ -275,10 +452,18 @@ async fn a_broken_template_stops_start_up_naming_file_line_and_column() {
     let tmp = tempfile::tempdir().unwrap();
     let templates = tmp.path().join("templates");
     std::fs::create_dir(&templates).unwrap();
-    std::fs::write(templates.join("flag.json.hbs"), "{\n  \"a\": \"{{#if x}}\"\n}\n").unwrap();
+    std::fs::write(
+        templates.join("flag.json.hbs"),
+        "{\n  \"a\": \"{{#if x}}\"\n}\n",
+    )
+    .unwrap();
     let mut cfg = test_config(&tmp.path().join("db.sqlite"));
     cfg.templates = templates;
-    let err = audithook::build_state(cfg).await.err().expect("start-up fails").to_string();
+    let err = audithook::build_state(cfg)
+        .await
+        .err()
+        .expect("start-up fails")
+        .to_string();
     assert!(err.contains("flag.json.hbs:"), "{err}");
 }
 
@@ -293,7 +478,10 @@ fn check_manifest_rules(manifest: &Value, root: &std::path::Path) -> Vec<String>
     if !manifest["overview"].as_str().unwrap_or("").ends_with('.') {
         problems.push("overview must end in a period".into());
     }
-    let vars = manifest["formVariables"].as_array().cloned().unwrap_or_default();
+    let vars = manifest["formVariables"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut endpoint_ctx = serde_json::Map::new();
     for v in &vars {
         let key = v["key"].as_str().unwrap_or("").to_owned();
@@ -316,20 +504,28 @@ fn check_manifest_rules(manifest: &Value, root: &std::path::Path) -> Vec<String>
     }
     let hook = &manifest["capabilities"]["auditLogEventsHook"];
     let renderer = audithook::render::Renderer::default();
-    let data = audithook::render::endpoint_data(&Value::Object(endpoint_ctx), &Value::Null, &json!({"kind": "flag"}));
+    let data = audithook::render::endpoint_data(
+        &Value::Object(endpoint_ctx),
+        &Value::Null,
+        &json!({"kind": "flag"}),
+    );
     let mut endpoint_templates = vec![hook["endpoint"]["url"].as_str().unwrap_or("").to_owned()];
     for h in hook["endpoint"]["headers"].as_array().into_iter().flatten() {
         endpoint_templates.push(h["value"].as_str().unwrap_or("").to_owned());
     }
     for t in endpoint_templates {
-        let out = renderer.compile(&t).and_then(|c| renderer.render(&c, &data));
+        let out = renderer
+            .compile(&t)
+            .and_then(|c| renderer.render(&c, &data));
         if let Err(e) = out {
             problems.push(format!("endpoint template {t:?} fails: {e}"));
         }
     }
     if let Some(key) = hook["endpoint"]["hmacSignature"]["hmacSecretFormVariableKey"].as_str() {
         if !vars.iter().any(|v| v["key"] == key) {
-            problems.push(format!("hmacSecretFormVariableKey {key:?} is not a form variable"));
+            problems.push(format!(
+                "hmacSecretFormVariableKey {key:?} is not a form variable"
+            ));
         }
     }
     problems
@@ -338,24 +534,51 @@ fn check_manifest_rules(manifest: &Value, root: &std::path::Path) -> Vec<String>
 #[test]
 fn integration_manifest_validates_against_the_schema_and_the_framework_rules() {
     let Some(dir) = corpus_dir() else { return };
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.schema.json")).unwrap()).unwrap();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.schema.json")).unwrap())
+            .unwrap();
     let validator = jsonschema::draft7::new(&schema).expect("schema compiles");
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(manifest_dir().join("integration-manifest.json")).unwrap()).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&manifest).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(manifest_dir().join("integration-manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&manifest)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    assert_eq!(check_manifest_rules(&manifest, &manifest_dir()), Vec::<String>::new());
+    assert_eq!(
+        check_manifest_rules(&manifest, &manifest_dir()),
+        Vec::<String>::new()
+    );
     let hook = &manifest["capabilities"]["auditLogEventsHook"];
-    assert_eq!(hook["endpoint"]["url"], "{{endpointUrl}}/hooks/launchdarkly");
+    assert_eq!(
+        hook["endpoint"]["url"],
+        "{{endpointUrl}}/hooks/launchdarkly"
+    );
     assert_eq!(hook["useStandardWebhookPayload"], true);
     assert_eq!(hook["templates"], json!({}));
-    assert!(hook["endpoint"]["headers"].as_array().unwrap().iter().any(|h| h["value"] == "Bearer {{apiToken}}"));
+    assert!(hook["endpoint"]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["value"] == "Bearer {{apiToken}}"));
 
     // The validator agrees with the framework's (ajv) verdicts on the corpus cases.
-    let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest-cases/index.json")).unwrap()).unwrap();
+    let cases: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("manifest-cases/index.json")).unwrap(),
+    )
+    .unwrap();
     for case in cases.as_array().unwrap() {
-        let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(case["manifest"].as_str().unwrap())).unwrap()).unwrap();
-        assert_eq!(validator.is_valid(&m), case["valid"].as_bool().unwrap(), "{}", case["name"]);
+        let m: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(case["manifest"].as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            validator.is_valid(&m),
+            case["valid"].as_bool().unwrap(),
+            "{}",
+            case["name"]
+        );
     }
 }
-
