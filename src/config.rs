@@ -68,6 +68,14 @@ pub struct Config {
     #[arg(long, env = "LD_API_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
     pub ld_api_token: Option<SecretString>,
 
+    /// How often `serve` pulls recent entries from LaunchDarkly's API (with LD_API_TOKEN).
+    #[arg(long, env = "AUDITHOOK_CATCHUP_INTERVAL", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub catchup_interval: std::time::Duration,
+
+    /// How far before the newest stored entry catch-up starts.
+    #[arg(long, env = "AUDITHOOK_CATCHUP_OVERLAP", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub catchup_overlap: std::time::Duration,
+
     /// LaunchDarkly API base URL.
     #[arg(
         long,
@@ -76,6 +84,10 @@ pub struct Config {
         global = true
     )]
     pub ld_base_url: String,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::backfill::parse_duration(s)
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -96,6 +108,8 @@ impl Config {
             timezone: "UTC".into(),
             max_body: 1_048_576,
             ld_api_token: None,
+            catchup_interval: std::time::Duration::from_secs(600),
+            catchup_overlap: std::time::Duration::from_secs(3600),
             ld_base_url: "https://app.launchdarkly.com".into(),
         }
     }

@@ -284,7 +284,7 @@ pub fn spec_matches(pattern: &str, resource: &str) -> bool {
         .any(|(i, _)| glob(pattern.as_bytes(), resource[..i].as_bytes()))
 }
 
-fn strip_tags(spec: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn strip_tags(spec: &str) -> std::borrow::Cow<'_, str> {
     if !spec.contains(';') {
         return std::borrow::Cow::Borrowed(spec);
     }
@@ -296,7 +296,7 @@ fn strip_tags(spec: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// `*` matches any run of bytes; everything else matches itself. Iterative, no allocation.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

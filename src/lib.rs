@@ -246,17 +246,34 @@ impl Application {
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "audithook listening");
         let store = state.store.clone();
+        let catchup = state.cfg.ld_api_token.clone().map(|token| {
+            tokio::spawn(backfill::catchup::run_loop(
+                state.store.clone(),
+                state.cfg.ld_base_url.clone(),
+                token,
+                state.cfg.catchup_interval,
+                state.cfg.catchup_overlap,
+                state.metrics.clone(),
+                shutdown.child_token(),
+            ))
+        });
         let router = app(state);
         let stop = shutdown.clone();
+        let signal_stop = shutdown.clone();
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     _ = shutdown_signal() => {}
                     _ = stop.cancelled() => {}
                 }
+                signal_stop.cancel();
                 tracing::info!("shutting down: finishing in-flight requests");
             })
             .await?;
+        shutdown.cancel();
+        if let Some(task) = catchup {
+            let _ = task.await;
+        }
         store.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -284,4 +301,5 @@ pub async fn shutdown_signal() {
         _ = terminate => {}
     }
 }
+pub mod backfill;
 pub mod render;

@@ -27,6 +27,28 @@ enum Command {
     Migrate,
     /// Render a template to stdout, like the framework's `npm run preview`.
     Preview(PreviewArgs),
+    /// Pull history from LaunchDarkly's REST API into the store (resumable).
+    Backfill(BackfillArgs),
+}
+
+#[derive(clap::Args)]
+struct BackfillArgs {
+    /// Only entries after T (epoch ms or RFC 3339); default: everything LaunchDarkly has.
+    #[arg(long, value_parser = parse_time)]
+    after: Option<i64>,
+    /// Only entries before T (epoch ms or RFC 3339); default: now.
+    #[arg(long, value_parser = parse_time)]
+    before: Option<i64>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// JSON array of LaunchDarkly policy statements: keep only entries they allow.
+    #[arg(long)]
+    policy: Option<std::path::PathBuf>,
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    audithook::backfill::parse_time(s)
 }
 
 #[derive(clap::Args)]
@@ -59,6 +81,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve => serve(cli.config).await,
         Command::Migrate => migrate(cli.config).await,
         Command::Preview(args) => preview(cli.config, args).await,
+        Command::Backfill(args) => backfill(cli.config, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -151,4 +174,42 @@ fn located(template: &str, e: audithook::render::RenderFailure) -> anyhow::Error
         (Some(l), Some(c)) => anyhow::anyhow!("{template}:{l}:{c}: {}", e.message),
         _ => anyhow::anyhow!("{template}: {}", e.message),
     }
+}
+
+async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
+    use audithook::backfill::{self, client::LdClient, policy::Policy, Options};
+    let token = config.ld_api_token.clone().ok_or_else(|| {
+        anyhow::anyhow!("LD_API_TOKEN is not set: create a LaunchDarkly API access token with read access to the audit log and export LD_API_TOKEN")
+    })?;
+    let policy = match &args.policy {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some(Policy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    if let (Some(a), Some(b)) = (args.after, args.before) {
+        anyhow::ensure!(a < b, "--after must be earlier than --before");
+    }
+    let client = LdClient::new(&config.ld_base_url, token)?;
+    let store = Store::open(&config.database_url, std::sync::Arc::new(Metrics::new())).await?;
+    let opts = Options {
+        after: args.after,
+        before: args.before,
+        concurrency: usize::from(args.concurrency),
+        policy,
+        persist: true,
+        progress_bar: true,
+    };
+    let result = backfill::run(&store, &client, opts).await;
+    store.close().await;
+    let summary = result?;
+    let verb = if summary.resumed {
+        "resumed and finished"
+    } else {
+        "finished"
+    };
+    eprintln!("backfill {verb}: {summary}");
+    Ok(())
 }

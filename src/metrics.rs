@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -20,6 +21,12 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of a catch-up run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 /// Every metric audithook exports.
 pub struct Metrics {
     registry: Registry,
@@ -29,6 +36,12 @@ pub struct Metrics {
     pub events_rejected: Family<ReasonLabel, Counter>,
     pub commit_group_size: Histogram,
     pub request_duration: Family<RequestLabels, Histogram>,
+    pub catchup_runs: Family<ResultLabel, Counter>,
+    pub catchup_new_events: Counter,
+    pub catchup_last_success: Gauge,
+    pub catchup_newest_event: Gauge,
+    pub ld_requests: Counter,
+    pub ld_rate_limited: Counter,
 }
 
 impl Default for Metrics {
@@ -79,7 +92,49 @@ impl Metrics {
             "HTTP request latency",
             request_duration.clone(),
         );
+        let catchup_runs = Family::<ResultLabel, Counter>::default();
+        let catchup_new_events = Counter::default();
+        let catchup_last_success = Gauge::default();
+        let catchup_newest_event = Gauge::default();
+        let ld_requests = Counter::default();
+        let ld_rate_limited = Counter::default();
+        registry.register(
+            "catchup_runs",
+            "Catch-up runs against LaunchDarkly's API, by result",
+            catchup_runs.clone(),
+        );
+        registry.register(
+            "catchup_new_events",
+            "Events catch-up stored that the hook had missed",
+            catchup_new_events.clone(),
+        );
+        registry.register(
+            "catchup_last_success_timestamp_seconds",
+            "When the last catch-up run succeeded (Unix seconds)",
+            catchup_last_success.clone(),
+        );
+        registry.register(
+            "newest_event_timestamp_seconds",
+            "Date of the newest stored event when catch-up last ran (Unix seconds)",
+            catchup_newest_event.clone(),
+        );
+        registry.register(
+            "ld_requests",
+            "Requests sent to LaunchDarkly's API",
+            ld_requests.clone(),
+        );
+        registry.register(
+            "ld_rate_limited",
+            "LaunchDarkly API requests answered 429",
+            ld_rate_limited.clone(),
+        );
         Self {
+            catchup_runs,
+            catchup_new_events,
+            catchup_last_success,
+            catchup_newest_event,
+            ld_requests,
+            ld_rate_limited,
             registry,
             events_received,
             events_stored,

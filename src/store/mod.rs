@@ -59,6 +59,24 @@ pub struct StoredEvent {
     pub raw: String,
 }
 
+/// One time window of a backfill job: entries with `after < date < before`, and the next
+/// link to follow (saved only after the previous page's entries were committed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillWindow {
+    pub idx: i64,
+    pub after: i64,
+    pub before: i64,
+    pub next_href: Option<String>,
+    pub done: bool,
+}
+
+/// An unfinished backfill job and its windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillJob {
+    pub id: i64,
+    pub windows: Vec<BackfillWindow>,
+}
+
 /// The store. Each method dispatches on the backend.
 #[derive(Clone)]
 pub enum Store {
@@ -136,6 +154,61 @@ impl Store {
                 s.setting_insert_if_absent(key.to_owned(), value.to_owned())
                     .await
             }
+        }
+    }
+
+    /// The date of the newest stored event.
+    pub async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.newest_date().await,
+        }
+    }
+
+    /// The latest unfinished backfill job started with the same request, to resume.
+    pub async fn backfill_open(
+        &self,
+        after: Option<i64>,
+        before: Option<i64>,
+        spec: Option<&str>,
+    ) -> Result<Option<BackfillJob>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.backfill_open(after, before, spec.map(str::to_owned))
+                    .await
+            }
+        }
+    }
+
+    /// Records a new backfill job; returns its id.
+    pub async fn backfill_create(
+        &self,
+        after: Option<i64>,
+        before: Option<i64>,
+        spec: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.backfill_create(after, before, spec.map(str::to_owned))
+                    .await
+            }
+        }
+    }
+
+    /// Saves one window's progress.
+    pub async fn backfill_save_window(
+        &self,
+        job: i64,
+        window: BackfillWindow,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.backfill_save_window(job, window).await,
+        }
+    }
+
+    /// Marks a job finished.
+    pub async fn backfill_finish(&self, job: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.backfill_finish(job).await,
         }
     }
 

@@ -9,7 +9,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Cursor, Filter, Inserted, StoreError, StoredEvent};
+use super::{BackfillJob, BackfillWindow, Cursor, Filter, Inserted, StoreError, StoredEvent};
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
 
@@ -19,10 +19,16 @@ const MAX_GROUP: usize = 2048;
 const MAX_IDLE_READERS: usize = 16;
 
 /// Migrations, applied in order; the version is the file's timestamp.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    20261121000000,
-    include_str!("../../migrations/sqlite/20261121000000_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        20261121000000,
+        include_str!("../../migrations/sqlite/20261121000000_init.sql"),
+    ),
+    (
+        20261122000000,
+        include_str!("../../migrations/sqlite/20261122000000_backfill.sql"),
+    ),
+];
 
 const INSERT_SQL: &str = "INSERT INTO events (id, date, kind, name, title, member_id, member_email, \
      token_id, accesses, resources, search, source, received_at, raw) \
@@ -50,6 +56,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<WriteReq>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// A connection for small bookkeeping writes (settings, backfill progress).
+    side: Arc<Mutex<Option<Connection>>>,
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -144,6 +152,7 @@ impl SqliteStore {
             path,
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
+            side: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -243,26 +252,128 @@ impl SqliteStore {
         .await
     }
 
+    /// Runs `f` on the bookkeeping connection in the blocking pool.
+    async fn side<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let side = self.side.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = side.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                *guard = Some(open_connection(&path)?);
+            }
+            match guard.as_mut() {
+                Some(conn) => Ok(f(conn)?),
+                None => Err(StoreError::Closed),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+    }
+
     pub(super) async fn setting_insert_if_absent(
         &self,
         key: String,
         value: String,
     ) -> Result<String, StoreError> {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || -> Result<String, StoreError> {
-            let conn = open_connection(&path)?;
+        self.side(move |conn| {
             conn.execute(
                 "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
                 [&key, &value],
             )?;
-            Ok(
-                conn.query_row("SELECT value FROM settings WHERE key = ?1", [&key], |r| {
-                    r.get(0)
-                })?,
-            )
+            conn.query_row("SELECT value FROM settings WHERE key = ?1", [&key], |r| {
+                r.get(0)
+            })
         })
         .await
-        .map_err(|e| StoreError::Other(format!("settings task failed: {e}")))?
+    }
+
+    pub(super) async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|c| c.query_row("SELECT max(date) FROM events", [], |r| r.get(0)))
+            .await
+    }
+
+    pub(super) async fn backfill_open(
+        &self,
+        after: Option<i64>,
+        before: Option<i64>,
+        spec: Option<String>,
+    ) -> Result<Option<BackfillJob>, StoreError> {
+        self.side(move |conn| {
+            let id: Option<i64> = conn
+                .query_row(
+                    "SELECT id FROM backfill_jobs WHERE finished_at IS NULL AND requested_after IS ?1 \
+                     AND requested_before IS ?2 AND spec IS ?3 ORDER BY id DESC LIMIT 1",
+                    params![after, before, spec],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = id else { return Ok(None) };
+            let mut stmt = conn.prepare(
+                "SELECT idx, after_ms, before_ms, next_href, done FROM backfill_windows WHERE job_id = ?1 ORDER BY idx",
+            )?;
+            let windows = stmt
+                .query_map([id], |r| {
+                    Ok(BackfillWindow {
+                        idx: r.get(0)?,
+                        after: r.get(1)?,
+                        before: r.get(2)?,
+                        next_href: r.get(3)?,
+                        done: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(BackfillJob { id, windows }))
+        })
+        .await
+    }
+
+    pub(super) async fn backfill_create(
+        &self,
+        after: Option<i64>,
+        before: Option<i64>,
+        spec: Option<String>,
+    ) -> Result<i64, StoreError> {
+        self.side(move |conn| {
+            conn.execute(
+                "INSERT INTO backfill_jobs (requested_after, requested_before, spec, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![after, before, spec, now_ms()],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub(super) async fn backfill_save_window(
+        &self,
+        job: i64,
+        w: BackfillWindow,
+    ) -> Result<(), StoreError> {
+        self.side(move |conn| {
+            conn.execute(
+                "INSERT INTO backfill_windows (job_id, idx, after_ms, before_ms, next_href, done) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id, idx) DO UPDATE SET \
+                 after_ms = excluded.after_ms, before_ms = excluded.before_ms, \
+                 next_href = excluded.next_href, done = excluded.done",
+                params![job, w.idx, w.after, w.before, w.next_href, w.done],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn backfill_finish(&self, job: i64) -> Result<(), StoreError> {
+        self.side(move |conn| {
+            conn.execute(
+                "UPDATE backfill_jobs SET finished_at = ?2 WHERE id = ?1",
+                params![job, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
@@ -281,6 +392,9 @@ impl SqliteStore {
         }
         if let Ok(mut p) = self.readers.lock() {
             p.clear();
+        }
+        if let Ok(mut s) = self.side.lock() {
+            s.take();
         }
     }
 }

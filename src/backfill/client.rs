@@ -1,0 +1,371 @@
+//! LaunchDarkly REST client for `GET /api/v2/auditlog`: one page per call, paced by the
+//! rate-limit headers, retrying 429s, 5xx, timeouts and dropped connections.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Page size used for every request (LaunchDarkly's maximum).
+pub const PAGE_LIMIT: u32 = 20;
+/// Attempts for one page on 5xx, timeouts and dropped connections.
+const MAX_ATTEMPTS: u32 = 8;
+/// Waits on 429 for one page before giving up.
+const MAX_RATE_LIMIT_WAITS: u32 = 100;
+/// Longest backoff between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why fetching stopped. `Fatal` errors are not retried.
+#[derive(Debug, thiserror::Error)]
+pub enum LdError {
+    #[error("LaunchDarkly rejected LD_API_TOKEN ({status}): check that the token is valid and may read the audit log (a reader role or audit-log access). LaunchDarkly said: {message}")]
+    Unauthorized { status: u16, message: String },
+    #[error("LaunchDarkly rejected the request ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    #[error("LaunchDarkly did not answer after {attempts} attempts: {last}")]
+    GaveUp { attempts: u32, last: String },
+    #[error("LaunchDarkly sent a page that is not valid JSON: {0}")]
+    BadPage(String),
+    #[error("bad LaunchDarkly URL {0}")]
+    BadUrl(String),
+}
+
+/// Counters shared by every request of a run.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limit_waits: AtomicU64,
+    pub pages: AtomicU64,
+}
+
+impl Stats {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One page: each item's JSON text exactly as received, and the next link.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<String>,
+    pub next: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PageIn<'a> {
+    #[serde(borrow)]
+    items: Vec<&'a RawValue>,
+    #[serde(rename = "_links", default)]
+    links: Option<LinksIn>,
+}
+
+#[derive(Deserialize)]
+struct LinksIn {
+    next: Option<LinkIn>,
+}
+
+#[derive(Deserialize)]
+struct LinkIn {
+    href: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorIn {
+    message: Option<String>,
+}
+
+/// The rate-limit budget as LaunchDarkly last reported it, shared by concurrent requests.
+#[derive(Debug, Default)]
+struct Budget {
+    /// Requests left in the current window (the smaller of route and global), minus the
+    /// requests sent since.
+    remaining: Option<i64>,
+    /// When the window resets (epoch ms).
+    reset_ms: Option<i64>,
+    /// No request before this time (epoch ms), after a 429.
+    blocked_until_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
+    h.get(name)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|f| f as i64)
+}
+
+fn jitter(max_ms: u64) -> Duration {
+    Duration::from_millis(rand::thread_rng().gen_range(0..=max_ms))
+}
+
+/// A client for one LaunchDarkly account.
+#[derive(Clone)]
+pub struct LdClient {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    token: SecretString,
+    budget: Arc<Mutex<Budget>>,
+    pub stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for LdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdClient")
+            .field("base", &self.base.as_str())
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl LdClient {
+    /// A client for `base` (e.g. `https://app.launchdarkly.com`) with an API access token.
+    pub fn new(base: &str, token: SecretString) -> Result<Self, LdError> {
+        let base =
+            reqwest::Url::parse(base).map_err(|e| LdError::BadUrl(format!("{base}: {e}")))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("audithook/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| LdError::BadUrl(e.to_string()))?;
+        Ok(Self {
+            http,
+            base,
+            token,
+            budget: Arc::default(),
+            stats: Arc::default(),
+        })
+    }
+
+    /// The URL of the first page of `[after, before]` (both exclusive), with `spec` if given.
+    pub fn first_page_url(
+        &self,
+        after: Option<i64>,
+        before: Option<i64>,
+        spec: Option<&str>,
+        limit: u32,
+    ) -> String {
+        let mut url = self
+            .base
+            .join("/api/v2/auditlog")
+            .unwrap_or_else(|_| self.base.clone());
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(b) = before {
+                q.append_pair("before", &b.to_string());
+            }
+            if let Some(a) = after {
+                q.append_pair("after", &a.to_string());
+            }
+            if let Some(s) = spec {
+                q.append_pair("spec", s);
+            }
+            q.append_pair("limit", &limit.to_string());
+        }
+        url.to_string()
+    }
+
+    /// Resolves a next link (an opaque, usually relative, href) against the base URL.
+    pub fn resolve(&self, href: &str) -> Result<String, LdError> {
+        self.base
+            .join(href)
+            .map(|u| u.to_string())
+            .map_err(|e| LdError::BadUrl(format!("{href}: {e}")))
+    }
+
+    /// Waits until the budget allows one more request, then takes it.
+    async fn acquire(&self) {
+        loop {
+            let wait_ms = {
+                let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+                let now = now_ms();
+                if b.blocked_until_ms > now {
+                    Some(b.blocked_until_ms - now)
+                } else {
+                    match (b.remaining, b.reset_ms) {
+                        (Some(rem), Some(reset)) if rem <= 0 && reset > now => Some(reset - now),
+                        (Some(_), Some(reset)) if reset <= now => {
+                            // The window has reset: the budget is unknown until the next answer.
+                            b.remaining = None;
+                            b.reset_ms = None;
+                            None
+                        }
+                        (Some(rem), _) => {
+                            b.remaining = Some(rem - 1);
+                            None
+                        }
+                        _ => None,
+                    }
+                }
+            };
+            match wait_ms {
+                None => return,
+                Some(ms) => {
+                    Stats::bump(&self.stats.rate_limit_waits);
+                    tokio::time::sleep(Duration::from_millis(ms as u64) + jitter(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Records the budget a response reports.
+    fn observe(&self, headers: &HeaderMap) {
+        let route = header_i64(headers, "x-ratelimit-route-remaining");
+        let global = header_i64(headers, "x-ratelimit-global-remaining");
+        let remaining = match (route, global) {
+            (Some(r), Some(g)) => Some(r.min(g)),
+            (r, g) => r.or(g),
+        };
+        let reset = header_i64(headers, "x-ratelimit-reset");
+        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        match (remaining, reset) {
+            (Some(rem), Some(reset)) if reset > now => {
+                if b.reset_ms == Some(reset) {
+                    // Same window: answers arrive out of order, keep the lowest count.
+                    b.remaining = Some(b.remaining.map_or(rem, |cur| cur.min(rem)));
+                } else if b.reset_ms.is_none_or(|cur| reset > cur) {
+                    b.remaining = Some(rem);
+                    b.reset_ms = Some(reset);
+                }
+            }
+            (Some(rem), None) => b.remaining = Some(rem),
+            _ => {}
+        }
+    }
+
+    /// Blocks every request until the later of `X-Ratelimit-Reset` and `Retry-After`.
+    fn back_off_429(&self, headers: &HeaderMap) -> Duration {
+        let now = now_ms();
+        let reset = header_i64(headers, "x-ratelimit-reset").filter(|r| *r > now);
+        let retry_after = header_i64(headers, "retry-after").map(|s| now + s * 1000);
+        let until = reset
+            .into_iter()
+            .chain(retry_after)
+            .max()
+            .unwrap_or(now + 1000);
+        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        b.blocked_until_ms = b.blocked_until_ms.max(until);
+        b.remaining = Some(0);
+        b.reset_ms = Some(until);
+        Duration::from_millis((until - now).max(0) as u64) + jitter(250)
+    }
+
+    /// Fetches one page, pacing and retrying as needed.
+    pub async fn get_page(&self, url: &str) -> Result<Page, LdError> {
+        let mut attempts = 0;
+        let mut waits_429 = 0;
+        loop {
+            self.acquire().await;
+            Stats::bump(&self.stats.requests);
+            let sent = self
+                .http
+                .get(url)
+                .header("authorization", self.token.expose_secret())
+                .send()
+                .await;
+            let failure = match sent {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    self.observe(&headers);
+                    match status {
+                        s if s.is_success() => match resp.bytes().await {
+                            Ok(body) => {
+                                return parse_page(&body).map(|p| {
+                                    Stats::bump(&self.stats.pages);
+                                    p
+                                })
+                            }
+                            Err(e) => format!("reading the page: {e}"),
+                        },
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            Stats::bump(&self.stats.rate_limited);
+                            waits_429 += 1;
+                            if waits_429 > MAX_RATE_LIMIT_WAITS {
+                                return Err(LdError::GaveUp {
+                                    attempts: waits_429,
+                                    last: "429 Too Many Requests".into(),
+                                });
+                            }
+                            let wait = self.back_off_429(&headers);
+                            tracing::debug!(
+                                wait_ms = wait.as_millis() as u64,
+                                "rate limited (429); waiting"
+                            );
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                            let message = error_message(resp).await;
+                            return Err(LdError::Unauthorized {
+                                status: status.as_u16(),
+                                message,
+                            });
+                        }
+                        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                            format!("HTTP {s}")
+                        }
+                        s => {
+                            let message = error_message(resp).await;
+                            return Err(LdError::Rejected {
+                                status: s.as_u16(),
+                                message,
+                            });
+                        }
+                    }
+                }
+                Err(e) => format!("request failed: {e}"),
+            };
+            attempts += 1;
+            if attempts >= MAX_ATTEMPTS {
+                return Err(LdError::GaveUp {
+                    attempts,
+                    last: failure,
+                });
+            }
+            Stats::bump(&self.stats.retries);
+            let backoff = Duration::from_millis(200 * 2u64.pow(attempts.min(10))).min(MAX_BACKOFF);
+            tracing::debug!(attempt = attempts, error = %failure, "retrying page");
+            tokio::time::sleep(backoff / 2 + jitter(backoff.as_millis() as u64 / 2)).await;
+        }
+    }
+}
+
+async fn error_message(resp: reqwest::Response) -> String {
+    let body = resp.bytes().await.unwrap_or_default();
+    serde_json::from_slice::<ErrorIn>(&body)
+        .ok()
+        .and_then(|e| e.message)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect())
+}
+
+fn parse_page(body: &[u8]) -> Result<Page, LdError> {
+    let page: PageIn = serde_json::from_slice(body).map_err(|e| LdError::BadPage(e.to_string()))?;
+    Ok(Page {
+        items: page.items.iter().map(|r| r.get().to_owned()).collect(),
+        next: page
+            .links
+            .and_then(|l| l.next)
+            .and_then(|n| n.href)
+            .filter(|h| !h.is_empty()),
+    })
+}

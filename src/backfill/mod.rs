@@ -1,0 +1,575 @@
+//! Backfill and catch-up from LaunchDarkly's REST API (`GET /api/v2/auditlog`).
+//!
+//! The requested range is one time window at first; workers that find nothing to do split
+//! the largest window still being fetched at the midpoint of what it has left, so the range
+//! is fetched concurrently whatever its shape, without a first pass to measure it. Each
+//! window follows LaunchDarkly's `_links.next` (opaque) while it is present; where the API
+//! gives none, it pages by `before`, re-reading the boundary millisecond so entries that share
+//! it are not skipped (the store absorbs the repeats). A window's progress is saved only after
+//! the page's entries are committed: a killed job resumes where it stopped.
+
+pub mod catchup;
+pub mod client;
+pub mod policy;
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use self::client::{LdClient, LdError, PAGE_LIMIT};
+use self::policy::Policy;
+use crate::event::{normalise, Source};
+use crate::store::{BackfillWindow, Inserted, Store, StoreError};
+
+/// Smallest window span (ms) worth splitting.
+const MIN_SPLIT_MS: i64 = 2;
+
+/// What to fetch and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only entries after this time (epoch ms, exclusive); default: everything.
+    pub after: Option<i64>,
+    /// Only entries before this time (epoch ms, exclusive); default: now.
+    pub before: Option<i64>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Keep only entries this policy allows.
+    pub policy: Option<Policy>,
+    /// Save progress in the store (resumable jobs); catch-up does not.
+    pub persist: bool,
+    /// Draw a progress bar (on a terminal); otherwise log a line per window.
+    pub progress_bar: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            after: None,
+            before: None,
+            concurrency: 16,
+            policy: None,
+            persist: true,
+            progress_bar: false,
+        }
+    }
+}
+
+/// Why a backfill stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Ld(#[from] LdError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub new: u64,
+    pub duplicates: u64,
+    pub filtered: u64,
+    pub invalid: u64,
+    pub requests: u64,
+    pub pages: u64,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub rate_limit_waits: u64,
+    pub windows: u64,
+    /// Milliseconds in which more entries shared one millisecond than a page holds and the
+    /// API gave no next link: entries there may be missing.
+    pub truncated_bursts: u64,
+    pub elapsed_ms: u64,
+    pub resumed: bool,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} new, {} duplicates, {} filtered by policy, {} invalid; {} requests ({} pages, {} answered 429, \
+             {} retries, {} rate-limit waits), {} windows, {:.1} s",
+            self.new,
+            self.duplicates,
+            self.filtered,
+            self.invalid,
+            self.requests,
+            self.pages,
+            self.rate_limited,
+            self.retries,
+            self.rate_limit_waits,
+            self.windows,
+            self.elapsed_ms as f64 / 1000.0
+        )?;
+        if self.truncated_bursts > 0 {
+            write!(
+                f,
+                "; {} bursts larger than a page without a next link (may be incomplete)",
+                self.truncated_bursts
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A window being fetched: others may lower its share (`after`) by splitting it.
+struct Active {
+    idx: i64,
+    before: i64,
+    after: AtomicI64,
+    oldest: AtomicI64,
+}
+
+#[derive(Default)]
+struct Counters {
+    new: AtomicU64,
+    duplicates: AtomicU64,
+    filtered: AtomicU64,
+    invalid: AtomicU64,
+    windows: AtomicU64,
+    truncated: AtomicU64,
+    covered_ms: AtomicU64,
+}
+
+struct Job {
+    store: Store,
+    client: LdClient,
+    opts: Options,
+    spec: Option<String>,
+    job_id: Option<i64>,
+    queue: Mutex<VecDeque<BackfillWindow>>,
+    active: Mutex<Vec<Arc<Active>>>,
+    next_idx: AtomicI64,
+    /// Windows taken from the queue and not finished.
+    pending: std::sync::atomic::AtomicUsize,
+    counters: Counters,
+    failed: Mutex<Option<BackfillError>>,
+    stop: AtomicBool,
+    wake: tokio::sync::Notify,
+    bar: Option<ProgressBar>,
+    started: Instant,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs a backfill of `opts.after..opts.before` into `store`.
+pub async fn run(
+    store: &Store,
+    client: &LdClient,
+    opts: Options,
+) -> Result<Summary, BackfillError> {
+    let spec = opts
+        .policy
+        .as_ref()
+        .and_then(|p| p.narrowing_spec())
+        .map(str::to_owned);
+    let mut resumed = false;
+    let (job_id, windows) = if opts.persist {
+        match store
+            .backfill_open(opts.after, opts.before, spec.as_deref())
+            .await?
+        {
+            Some(job) => {
+                resumed = true;
+                let left: Vec<BackfillWindow> =
+                    job.windows.into_iter().filter(|w| !w.done).collect();
+                tracing::info!(
+                    job = job.id,
+                    windows_left = left.len(),
+                    "resuming backfill job"
+                );
+                (Some(job.id), left)
+            }
+            None => {
+                let id = store
+                    .backfill_create(opts.after, opts.before, spec.as_deref())
+                    .await?;
+                let w = BackfillWindow {
+                    idx: 0,
+                    after: opts.after.unwrap_or(0),
+                    before: opts.before.unwrap_or_else(|| now_ms() + 1),
+                    next_href: None,
+                    done: false,
+                };
+                store.backfill_save_window(id, w.clone()).await?;
+                (Some(id), vec![w])
+            }
+        }
+    } else {
+        let w = BackfillWindow {
+            idx: 0,
+            after: opts.after.unwrap_or(0),
+            before: opts.before.unwrap_or_else(|| now_ms() + 1),
+            next_href: None,
+            done: false,
+        };
+        (None, vec![w])
+    };
+    let total_ms: u64 = windows
+        .iter()
+        .map(|w| (w.before - w.after).max(0) as u64)
+        .sum();
+    let bar = (opts.progress_bar && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(total_ms.max(1));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}% ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let next_idx = windows.iter().map(|w| w.idx).max().unwrap_or(0) + 1;
+    let concurrency = opts.concurrency.max(1);
+    let job = Arc::new(Job {
+        store: store.clone(),
+        client: client.clone(),
+        opts,
+        spec,
+        job_id,
+        queue: Mutex::new(windows.into()),
+        active: Mutex::new(Vec::new()),
+        next_idx: AtomicI64::new(next_idx),
+        pending: std::sync::atomic::AtomicUsize::new(0),
+        counters: Counters::default(),
+        failed: Mutex::new(None),
+        stop: AtomicBool::new(false),
+        wake: tokio::sync::Notify::new(),
+        bar,
+        started: Instant::now(),
+    });
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(worker(job.clone())))
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+    if let Some(bar) = &job.bar {
+        bar.finish_and_clear();
+    }
+    if let Some(e) = lock(&job.failed).take() {
+        return Err(e);
+    }
+    if let Some(id) = job.job_id {
+        job.store.backfill_finish(id).await?;
+    }
+    let mut summary = job.summary();
+    summary.resumed = resumed;
+    Ok(summary)
+}
+
+impl Job {
+    fn summary(&self) -> Summary {
+        let c = &self.counters;
+        let s = &self.client.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Summary {
+            new: get(&c.new),
+            duplicates: get(&c.duplicates),
+            filtered: get(&c.filtered),
+            invalid: get(&c.invalid),
+            requests: get(&s.requests),
+            pages: get(&s.pages),
+            rate_limited: get(&s.rate_limited),
+            retries: get(&s.retries),
+            rate_limit_waits: get(&s.rate_limit_waits),
+            windows: get(&c.windows),
+            truncated_bursts: get(&c.truncated),
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            resumed: false,
+        }
+    }
+
+    fn fail(&self, e: BackfillError) {
+        let mut f = lock(&self.failed);
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Splits the window with the most left to fetch; the older half goes to the queue.
+    async fn split_one(&self) -> Result<bool, BackfillError> {
+        let new_window = {
+            let active = lock(&self.active);
+            let best = active
+                .iter()
+                .map(|a| {
+                    (
+                        a.oldest.load(Ordering::SeqCst) - a.after.load(Ordering::SeqCst),
+                        a,
+                    )
+                })
+                .filter(|(span, _)| *span >= MIN_SPLIT_MS)
+                .max_by_key(|(span, _)| *span);
+            let Some((_, a)) = best else { return Ok(false) };
+            let after = a.after.load(Ordering::SeqCst);
+            let mid = after + (a.oldest.load(Ordering::SeqCst) - after) / 2;
+            // The running window keeps dates >= mid; the new one takes after < date < mid.
+            a.after.store(mid - 1, Ordering::SeqCst);
+            let idx = self.next_idx.fetch_add(1, Ordering::SeqCst);
+            let w = BackfillWindow {
+                idx,
+                after,
+                before: mid,
+                next_href: None,
+                done: false,
+            };
+            w
+        };
+        // The running window's own save records its new lower bound with its next page.
+        self.save(&new_window).await?;
+        lock(&self.queue).push_back(new_window);
+        Ok(true)
+    }
+
+    async fn save(&self, w: &BackfillWindow) -> Result<(), BackfillError> {
+        if let Some(job) = self.job_id {
+            self.store.backfill_save_window(job, w.clone()).await?;
+        }
+        Ok(())
+    }
+
+    fn progress(&self) {
+        if let Some(bar) = &self.bar {
+            let s = self.summary();
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            bar.set_position(self.counters.covered_ms.load(Ordering::Relaxed));
+            bar.set_message(format!(
+                "{} stored ({} new), {} pages, {:.1} req/s, {} rate-limit waits",
+                s.new + s.duplicates,
+                s.new,
+                s.pages,
+                s.requests as f64 / secs,
+                s.rate_limit_waits + s.rate_limited
+            ));
+        }
+    }
+
+    /// Normalises and stores one page; returns the oldest and newest dates in it.
+    async fn store_page(&self, items: &[String]) -> Result<Option<(i64, i64)>, BackfillError> {
+        let mut events = Vec::with_capacity(items.len());
+        let mut range: Option<(i64, i64)> = None;
+        for item in items {
+            match normalise(item.as_bytes(), Source::Rest) {
+                Ok(ev) => {
+                    range = Some(range.map_or((ev.date, ev.date), |(o, n)| {
+                        (o.min(ev.date), n.max(ev.date))
+                    }));
+                    if let Some(policy) = &self.opts.policy {
+                        let value: serde_json::Value =
+                            serde_json::from_str(item).unwrap_or_default();
+                        if !policy.keeps(&value) {
+                            self.counters.filtered.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                    events.push(ev);
+                }
+                Err(e) => {
+                    self.counters.invalid.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "skipping an entry LaunchDarkly sent");
+                }
+            }
+        }
+        if !events.is_empty() {
+            for outcome in self.store.insert_many(events).await? {
+                match outcome {
+                    Inserted::Stored => self.counters.new.fetch_add(1, Ordering::Relaxed),
+                    Inserted::Duplicate => self.counters.duplicates.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+        Ok(range)
+    }
+
+    /// Fetches one window to its end (or until its share is taken by a split).
+    async fn run_window(&self, mut w: BackfillWindow) -> Result<(), BackfillError> {
+        let active = Arc::new(Active {
+            idx: w.idx,
+            before: w.before,
+            after: AtomicI64::new(w.after),
+            oldest: AtomicI64::new(w.before),
+        });
+        lock(&self.active).push(active.clone());
+        let mut url = match &w.next_href {
+            Some(href) => self.client.resolve(href)?,
+            None => self.client.first_page_url(
+                Some(w.after),
+                Some(w.before),
+                self.spec.as_deref(),
+                PAGE_LIMIT,
+            ),
+        };
+        let result = loop {
+            if self.stop.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            let page = self.client.get_page(&url).await?;
+            let range = self.store_page(&page.items).await?;
+            let oldest = range.map(|(o, _)| o);
+            let bound = active.after.load(Ordering::SeqCst);
+            if let Some(o) = oldest {
+                let prev = active.oldest.swap(o.max(bound), Ordering::SeqCst);
+                let gained = (prev - o.max(bound)).max(0) as u64;
+                self.counters
+                    .covered_ms
+                    .fetch_add(gained, Ordering::Relaxed);
+            }
+            // Where to go next: the API's link, or our own `before` paging without one.
+            let next = match (&page.next, oldest) {
+                (_, None) => None,
+                (_, Some(o)) if o <= bound => None,
+                (Some(href), _) => Some(self.client.resolve(href)?),
+                (None, _) if page.items.len() < PAGE_LIMIT as usize => None,
+                (None, Some(o)) => {
+                    // Re-read the boundary millisecond unless the whole page is that
+                    // millisecond (more entries share it than a page holds).
+                    let all_one_ms = range.is_some_and(|(o, n)| o == n);
+                    let before = if all_one_ms {
+                        self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(ms = o, "more entries share one millisecond than a page holds and the API gives no next link; some may be missing");
+                        o
+                    } else {
+                        o + 1
+                    };
+                    Some(self.client.first_page_url(
+                        Some(bound),
+                        Some(before),
+                        self.spec.as_deref(),
+                        PAGE_LIMIT,
+                    ))
+                }
+            };
+            w.after = bound;
+            w.next_href = next.clone();
+            w.done = next.is_none();
+            self.save(&w).await?;
+            self.progress();
+            match next {
+                Some(n) if n != url => url = n,
+                Some(_) => break Ok(()),
+                None => break Ok(()),
+            }
+        };
+        lock(&self.active).retain(|a| !Arc::ptr_eq(a, &active));
+        let left = (active.oldest.load(Ordering::SeqCst) - active.after.load(Ordering::SeqCst))
+            .max(0) as u64;
+        self.counters.covered_ms.fetch_add(left, Ordering::Relaxed);
+        if result.is_ok() {
+            self.counters.windows.fetch_add(1, Ordering::Relaxed);
+            if self.bar.is_none() && self.opts.persist {
+                let s = self.summary();
+                tracing::info!(
+                    window = active.idx,
+                    after = active.after.load(Ordering::SeqCst),
+                    before = active.before,
+                    new = s.new,
+                    duplicates = s.duplicates,
+                    requests = s.requests,
+                    "backfill window done"
+                );
+            }
+        }
+        self.wake.notify_waiters();
+        result
+    }
+}
+
+async fn worker(job: Arc<Job>) {
+    loop {
+        if job.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let next = {
+            let mut q = lock(&job.queue);
+            let w = q.pop_front();
+            if w.is_some() {
+                job.pending.fetch_add(1, Ordering::SeqCst);
+            }
+            w
+        };
+        let window = match next {
+            Some(w) => w,
+            None => {
+                match job.split_one().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => return job.fail(e),
+                }
+                if job.pending.load(Ordering::SeqCst) == 0 && lock(&job.queue).is_empty() {
+                    job.wake.notify_waiters();
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), job.wake.notified()).await;
+                continue;
+            }
+        };
+        let result = job.run_window(window).await;
+        job.pending.fetch_sub(1, Ordering::SeqCst);
+        job.wake.notify_waiters();
+        if let Err(e) = result {
+            return job.fail(e);
+        }
+    }
+}
+
+/// Parses a time given as epoch milliseconds or RFC 3339.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map(|d| d.timestamp_millis())
+        .map_err(|_| format!("{s:?} is neither epoch milliseconds nor an RFC 3339 time"))
+}
+
+/// Parses a duration such as `10m`, `1h`, `30s`, `500ms` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10m, 1h, 30s"))?;
+    let ms = match unit.trim() {
+        "" | "s" => n * 1000,
+        "ms" => n,
+        "m" | "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return Err(format!("{s:?} has an unknown unit; use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}
