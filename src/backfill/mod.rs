@@ -144,6 +144,9 @@ struct Job {
     queue: Mutex<VecDeque<BackfillWindow>>,
     active: Mutex<Vec<Arc<Active>>>,
     next_idx: AtomicI64,
+    /// Set once a page has been fetched: until then nothing is split, so a bad token or
+    /// request stops the run after one request.
+    first_page_ok: AtomicBool,
     /// Windows taken from the queue and not finished.
     pending: std::sync::atomic::AtomicUsize,
     counters: Counters,
@@ -245,6 +248,7 @@ pub async fn run(
         active: Mutex::new(Vec::new()),
         next_idx: AtomicI64::new(next_idx),
         pending: std::sync::atomic::AtomicUsize::new(0),
+        first_page_ok: AtomicBool::new(false),
         counters: Counters::default(),
         failed: Mutex::new(None),
         stop: AtomicBool::new(false),
@@ -305,6 +309,9 @@ impl Job {
 
     /// Splits the window with the most left to fetch; the older half goes to the queue.
     async fn split_one(&self) -> Result<bool, BackfillError> {
+        if !self.first_page_ok.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         let new_window = {
             let active = lock(&self.active);
             let best = active
@@ -421,6 +428,7 @@ impl Job {
                 break Ok(());
             }
             let page = self.client.get_page(&url).await?;
+            self.first_page_ok.store(true, Ordering::SeqCst);
             let range = self.store_page(&page.items).await?;
             let oldest = range.map(|(o, _)| o);
             let bound = active.after.load(Ordering::SeqCst);

@@ -1,7 +1,11 @@
 //! Integration tests: the real app on port 0, a fresh SQLite file each, real HTTP.
 
 mod auditlog;
+mod backfill;
 mod conformance;
 mod helpers;
 mod templates;
 mod webhook;
+
+#[path = "../support/fake_ld.rs"]
+mod fake_ld;

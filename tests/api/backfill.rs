@@ -1,0 +1,469 @@
+//! Backfill and catch-up against the fake LaunchDarkly API: exact sets under faults,
+//! rate limits, bursts, no next links, a kill and a rerun.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use audithook::backfill::{self, client::LdClient, policy::Policy, Options};
+use audithook::metrics::Metrics;
+use audithook::store::Store;
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::fake_ld::{entries, FakeConfig, FakeLd};
+use crate::helpers::*;
+
+const START: i64 = 1_700_000_000_000;
+
+async fn open_store(dir: &tempfile::TempDir) -> (Store, std::path::PathBuf) {
+    let db = dir.path().join("backfill.db");
+    let store = Store::open(
+        &format!("sqlite://{}", db.display()),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .unwrap();
+    (store, db)
+}
+
+fn ids_in(db: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT id FROM events").unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn expected_ids(data: &[Value]) -> HashSet<String> {
+    data.iter()
+        .map(|e| e["_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn client(fake: &FakeLd) -> LdClient {
+    LdClient::new(&fake.base, SecretString::from(fake.token().to_owned())).unwrap()
+}
+
+/// Asserts the store holds exactly `data`, each once.
+fn assert_exact(db: &std::path::Path, data: &[Value]) {
+    let got = ids_in(db);
+    let set: HashSet<String> = got.iter().cloned().collect();
+    assert_eq!(got.len(), set.len(), "an entry is stored twice");
+    let want = expected_ids(data);
+    let missing: Vec<_> = want.difference(&set).take(5).collect();
+    let extra: Vec<_> = set.difference(&want).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    assert_eq!(got.len(), data.len());
+}
+
+#[tokio::test]
+async fn backfills_every_entry_once_with_a_burst_of_35_in_one_millisecond() {
+    let data = entries(1000, START, 1000, &[(100, 35), (600, 21)]);
+    let fake = FakeLd::start(&data, FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, db) = open_store(&dir).await;
+    let summary = backfill::run(
+        &store,
+        &client(&fake),
+        Options {
+            concurrency: 8,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.close().await;
+    assert_exact(&db, &data);
+    assert_eq!(
+        summary.new + summary.duplicates,
+        summary.new + summary.duplicates
+    );
+    assert_eq!(summary.new, 1000);
+    assert_eq!(summary.invalid, 0);
+    assert_eq!(summary.truncated_bursts, 0);
+    // Stored bytes are LaunchDarkly's bytes.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let raw: String = conn
+        .query_row(
+            "SELECT raw FROM events WHERE id = ?1",
+            [data[7]["_id"].as_str().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(raw, data[7].to_string());
+}
+
+#[tokio::test]
+async fn exact_under_500s_503s_dropped_connections_and_rate_limits() {
+    let data = entries(600, START, 250, &[(50, 30)]);
+    let cfg = FakeConfig {
+        fail_every: Some(7),
+        drop_every: Some(11),
+        budget: Some((12, Duration::from_millis(400))),
+        ..FakeConfig::default()
+    };
+    let fake = FakeLd::start(&data, cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, db) = open_store(&dir).await;
+    let summary = backfill::run(
+        &store,
+        &client(&fake),
+        Options {
+            concurrency: 6,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.close().await;
+    assert_exact(&db, &data);
+    assert!(summary.retries > 0, "{summary}");
+    assert!(
+        fake.stats()
+            .faults
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
+    assert_eq!(summary.new, 600, "{summary}");
+}
+
+#[tokio::test]
+async fn pages_by_before_when_the_api_gives_no_next_links() {
+    let data = entries(500, START, 40, &[(30, 15), (200, 19), (333, 2)]);
+    let fake = FakeLd::start(
+        &data,
+        FakeConfig {
+            next_links: false,
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, db) = open_store(&dir).await;
+    let summary = backfill::run(
+        &store,
+        &client(&fake),
+        Options {
+            concurrency: 4,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.close().await;
+    assert_exact(&db, &data);
+    assert_eq!(summary.truncated_bursts, 0);
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_a_page_without_next_links_is_reported() {
+    // 25 entries in one millisecond cannot all be reached by `before`/`after` alone.
+    let data = entries(60, START, 10, &[(10, 25)]);
+    let fake = FakeLd::start(
+        &data,
+        FakeConfig {
+            next_links: false,
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, db) = open_store(&dir).await;
+    let summary = backfill::run(
+        &store,
+        &client(&fake),
+        Options {
+            concurrency: 1,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.close().await;
+    assert!(summary.truncated_bursts >= 1, "{summary}");
+    assert_eq!(ids_in(&db).len() as u64, summary.new);
+    assert!(summary.new >= 55, "{summary}");
+}
+
+#[tokio::test]
+async fn bounds_are_exclusive() {
+    let data = entries(100, START, 1000, &[]);
+    let fake = FakeLd::start(&data, FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, db) = open_store(&dir).await;
+    let (after, before) = (START - 60_000, START - 10_000);
+    let opts = Options {
+        after: Some(after),
+        before: Some(before),
+        concurrency: 3,
+        ..Options::default()
+    };
+    backfill::run(&store, &client(&fake), opts).await.unwrap();
+    store.close().await;
+    let want: Vec<Value> = data
+        .iter()
+        .filter(|e| e["date"].as_i64().unwrap() > after && e["date"].as_i64().unwrap() < before)
+        .cloned()
+        .collect();
+    assert_eq!(want.len(), 49);
+    assert_exact(&db, &want);
+}
+
+#[tokio::test]
+async fn stops_at_once_on_a_bad_token_and_on_400() {
+    let data = entries(50, START, 1000, &[]);
+    let fake = FakeLd::start(&data, FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, db) = open_store(&dir).await;
+    let bad = LdClient::new(&fake.base, SecretString::from("wrong".to_owned())).unwrap();
+    let err = backfill::run(&store, &bad, Options::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("LD_API_TOKEN") && err.contains("401"), "{err}");
+    assert_eq!(
+        fake.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    let fake400 = FakeLd::start(
+        &data,
+        FakeConfig {
+            force: Some((400, "spec is not valid".into())),
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let err = backfill::run(&store, &client(&fake400), Options::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("spec is not valid"),
+        "{err}"
+    );
+    store.close().await;
+    assert!(ids_in(&db).is_empty());
+}
+
+#[tokio::test]
+async fn a_policy_keeps_what_the_hook_would_have_delivered() {
+    let data = entries(200, START, 1000, &[]);
+    let fake = FakeLd::start(&data, FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, db) = open_store(&dir).await;
+    let policy = Policy::parse(
+        r#"[{"effect":"allow","actions":["*"],"resources":["proj/*:env/production:flag/*"]},
+            {"effect":"deny","actions":["createFlag"],"resources":["proj/*:env/*:flag/*"]}]"#,
+    )
+    .unwrap();
+    let want: Vec<Value> = data
+        .iter()
+        .filter(|e| {
+            let a = &e["accesses"][0];
+            a["resource"].as_str().unwrap().contains("env/production")
+                && a["action"] != "createFlag"
+        })
+        .cloned()
+        .collect();
+    let summary = backfill::run(
+        &store,
+        &client(&fake),
+        Options {
+            policy: Some(policy),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.close().await;
+    assert_exact(&db, &want);
+    // Overlapping windows may see an entry twice, so the count of filtered sightings is a floor.
+    assert!(summary.filtered as usize >= 200 - want.len(), "{summary}");
+}
+
+#[tokio::test]
+async fn backfilled_entries_read_like_hook_entries() {
+    let data = entries(30, START, 1000, &[]);
+    let fake = FakeLd::start(&data, FakeConfig::default()).await;
+    let app = spawn_app().await;
+    let store = Store::open(
+        &format!("sqlite://{}", app.db.display()),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .unwrap();
+    backfill::run(&store, &client(&fake), Options::default())
+        .await
+        .unwrap();
+    store.close().await;
+    let item: Value = app
+        .read(&format!(
+            "/api/v2/auditlog/{}",
+            data[3]["_id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(item, data[3]);
+    let page: Value = app
+        .read("/api/v2/auditlog?limit=30")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["_id"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = data.iter().map(|e| e["_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, want);
+    let r = app
+        .client
+        .post(format!("{}/preview", app.base))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({"name": "flag", "event": data[3]["_id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let out: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(out["flag"]["key"], "flag-3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_sigkill_then_rerun_stores_each_entry_once() {
+    let data = entries(3000, START, 100, &[(1000, 40)]);
+    let fake = FakeLd::start(
+        &data,
+        FakeConfig {
+            latency: Duration::from_millis(15),
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("resume.db");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_audithook"))
+            .args(["backfill", "--concurrency", "4"])
+            .env(
+                "AUDITHOOK_DATABASE_URL",
+                format!("sqlite://{}", db.display()),
+            )
+            .env("LD_API_TOKEN", fake.token())
+            .env("LD_BASE_URL", &fake.base)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = run();
+    // Kill it mid-run, once some but not all entries are in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let n = if db.exists() {
+            rusqlite::Connection::open(&db)
+                .and_then(|c| {
+                    c.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+                })
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if n >= 400 || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = ids_in(&db).len();
+    assert!(
+        partial > 0 && partial < 3000,
+        "killed after {partial} entries"
+    );
+    let rerun = run();
+    let out = tokio::task::spawn_blocking(move || rerun.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resumed and finished"), "{stderr}");
+    assert_exact(&db, &data);
+}
+
+#[tokio::test]
+async fn cli_reports_a_missing_token_and_bad_times() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_audithook"))
+        .args(["backfill"])
+        .env_remove("LD_API_TOKEN")
+        .env(
+            "AUDITHOOK_DATABASE_URL",
+            "sqlite:///nonexistent-dir-xyz/never.db",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LD_API_TOKEN is not set"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_audithook"))
+        .args(["backfill", "--after", "last tuesday"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("neither epoch milliseconds nor an RFC 3339 time"));
+}
+
+#[tokio::test]
+async fn catch_up_in_serve_fetches_what_the_hook_missed() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let data = entries(80, now - 1000, 1000, &[]);
+    let fake = FakeLd::start(&data, FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&dir.path().join("c.db"));
+    cfg.ld_api_token = Some(SecretString::from(fake.token().to_owned()));
+    cfg.ld_base_url = fake.base.clone();
+    cfg.catchup_interval = Duration::from_millis(200);
+    cfg.catchup_overlap = Duration::from_secs(3600);
+    let app = spawn_with(cfg, Arc::new(dir)).await;
+    // The hook delivered the newest 10 before audithook went down.
+    for e in &data[..10] {
+        assert!(app.post_event(e.to_string()).await.status().is_success());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.stored_ids().len() < 80 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got: HashSet<String> = app.stored_ids().into_iter().collect();
+    assert_eq!(got, expected_ids(&data));
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("audithook_catchup_runs_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("audithook_ld_requests_total"), "{metrics}");
+}
