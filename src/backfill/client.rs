@@ -92,6 +92,12 @@ struct Budget {
     reset_ms: Option<i64>,
     /// No request before this time (epoch ms), after a 429.
     blocked_until_ms: i64,
+    /// Requests sent and not answered yet (the server may not have counted them).
+    inflight: i64,
+    /// When a request last had to wait for the budget (epoch ms).
+    last_wait_ms: i64,
+    /// Moving average of response times (ms).
+    latency_ms: f64,
 }
 
 fn now_ms() -> i64 {
@@ -197,7 +203,7 @@ impl LdClient {
             let wait_ms = {
                 let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
                 let now = now_ms();
-                if b.blocked_until_ms > now {
+                let wait = if b.blocked_until_ms > now {
                     Some(b.blocked_until_ms - now)
                 } else {
                     match (b.remaining, b.reset_ms) {
@@ -214,7 +220,12 @@ impl LdClient {
                         }
                         _ => None,
                     }
+                };
+                match wait {
+                    None => b.inflight += 1,
+                    Some(_) => b.last_wait_ms = now,
                 }
+                wait
             };
             match wait_ms {
                 None => return,
@@ -237,6 +248,8 @@ impl LdClient {
         let reset = header_i64(headers, "x-ratelimit-reset");
         let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
+        // Requests still in flight may not be counted in this answer yet: assume they are not.
+        let remaining = remaining.map(|r| r - b.inflight.max(0));
         match (remaining, reset) {
             (Some(rem), Some(reset)) if reset > now => {
                 if b.reset_ms == Some(reset) {
@@ -249,6 +262,35 @@ impl LdClient {
             }
             (Some(rem), None) => b.remaining = Some(rem),
             _ => {}
+        }
+    }
+
+    /// Marks one request answered (or failed) after `took`.
+    fn answered(&self, took: Duration) {
+        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        b.inflight -= 1;
+        let ms = took.as_secs_f64() * 1000.0;
+        b.latency_ms = if b.latency_ms == 0.0 {
+            ms
+        } else {
+            0.8 * b.latency_ms + 0.2 * ms
+        };
+    }
+
+    /// How many requests in flight the rate-limit budget sustains until its reset
+    /// (`None`: no limit in sight). More concurrent windows than this only add requests.
+    pub fn sustainable_parallelism(&self) -> Option<f64> {
+        let b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        if b.blocked_until_ms > now || now - b.last_wait_ms < 10_000 {
+            return Some(1.0);
+        }
+        match (b.remaining, b.reset_ms) {
+            (Some(r), Some(reset)) if reset > now => {
+                let per_ms = r.max(0) as f64 / (reset - now) as f64;
+                Some((per_ms * b.latency_ms.max(1.0)).max(1.0))
+            }
+            _ => None,
         }
     }
 
@@ -276,12 +318,14 @@ impl LdClient {
         loop {
             self.acquire().await;
             Stats::bump(&self.stats.requests);
+            let sent_at = std::time::Instant::now();
             let sent = self
                 .http
                 .get(url)
                 .header("authorization", self.token.expose_secret())
                 .send()
                 .await;
+            self.answered(sent_at.elapsed());
             let failure = match sent {
                 Ok(resp) => {
                     let status = resp.status();

@@ -27,6 +27,9 @@ use crate::store::{BackfillWindow, Inserted, Store, StoreError};
 
 /// Smallest window span (ms) worth splitting.
 const MIN_SPLIT_MS: i64 = 2;
+/// Fewest entries expected in a window's remainder for a split to pay (each split costs
+/// about one page of overlap).
+const MIN_SPLIT_ENTRIES: f64 = 10.0 * PAGE_LIMIT as f64;
 
 /// What to fetch and how.
 #[derive(Debug, Clone)]
@@ -122,6 +125,8 @@ struct Active {
     before: i64,
     after: AtomicI64,
     oldest: AtomicI64,
+    /// Entries per ms in its last page (`f64` bits; 0 before the first page).
+    density: AtomicU64,
 }
 
 #[derive(Default)]
@@ -147,6 +152,8 @@ struct Job {
     /// Set once a page has been fetched: until then nothing is split, so a bad token or
     /// request stops the run after one request.
     first_page_ok: AtomicBool,
+    /// Entries per ms of the last page fetched (`f64` bits; infinity until then).
+    last_density: AtomicU64,
     /// Windows taken from the queue and not finished.
     pending: std::sync::atomic::AtomicUsize,
     counters: Counters,
@@ -249,6 +256,7 @@ pub async fn run(
         next_idx: AtomicI64::new(next_idx),
         pending: std::sync::atomic::AtomicUsize::new(0),
         first_page_ok: AtomicBool::new(false),
+        last_density: AtomicU64::new(f64::INFINITY.to_bits()),
         counters: Counters::default(),
         failed: Mutex::new(None),
         stop: AtomicBool::new(false),
@@ -312,6 +320,14 @@ impl Job {
         if !self.first_page_ok.load(Ordering::SeqCst) {
             return Ok(false);
         }
+        if let Some(limit) = self.client.sustainable_parallelism() {
+            if lock(&self.active).len() as f64 >= limit {
+                return Ok(false);
+            }
+        }
+        // Split only where enough is left to pay for the split, judged by the entries per
+        // ms of the window's last page (or of the last page seen anywhere).
+        let fallback = f64::from_bits(self.last_density.load(Ordering::Relaxed));
         let new_window = {
             let active = lock(&self.active);
             let best = active
@@ -322,7 +338,11 @@ impl Job {
                         a,
                     )
                 })
-                .filter(|(span, _)| *span >= MIN_SPLIT_MS)
+                .filter(|(span, a)| {
+                    let d = f64::from_bits(a.density.load(Ordering::Relaxed));
+                    let density = if d > 0.0 { d } else { fallback };
+                    *span >= MIN_SPLIT_MS && *span as f64 * density >= MIN_SPLIT_ENTRIES
+                })
                 .max_by_key(|(span, _)| *span);
             let Some((_, a)) = best else { return Ok(false) };
             let after = a.after.load(Ordering::SeqCst);
@@ -412,6 +432,7 @@ impl Job {
             before: w.before,
             after: AtomicI64::new(w.after),
             oldest: AtomicI64::new(w.before),
+            density: AtomicU64::new(0),
         });
         lock(&self.active).push(active.clone());
         let mut url = match &w.next_href {
@@ -431,6 +452,11 @@ impl Job {
             self.first_page_ok.store(true, Ordering::SeqCst);
             let range = self.store_page(&page.items).await?;
             let oldest = range.map(|(o, _)| o);
+            if let Some((o, n)) = range {
+                let d = page.items.len().saturating_sub(1).max(1) as f64 / (n - o).max(1) as f64;
+                active.density.store(d.to_bits(), Ordering::Relaxed);
+                self.last_density.store(d.to_bits(), Ordering::Relaxed);
+            }
             let bound = active.after.load(Ordering::SeqCst);
             if let Some(o) = oldest {
                 let prev = active.oldest.swap(o.max(bound), Ordering::SeqCst);
