@@ -58,7 +58,7 @@ pub async fn run_once(
                 .get_or_create(&ResultLabel { result: "ok" })
                 .inc();
             metrics.catchup_new_events.inc_by(s.new);
-            metrics.catchup_last_success.set((now / 1000) as i64);
+            metrics.catchup_last_success.set(now / 1000);
         }
         Err(_) => {
             metrics

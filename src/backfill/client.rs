@@ -334,10 +334,8 @@ impl LdClient {
                     match status {
                         s if s.is_success() => match resp.bytes().await {
                             Ok(body) => {
-                                return parse_page(&body).map(|p| {
-                                    Stats::bump(&self.stats.pages);
-                                    p
-                                })
+                                return parse_page(&body)
+                                    .inspect(|_| Stats::bump(&self.stats.pages))
                             }
                             Err(e) => format!("reading the page: {e}"),
                         },

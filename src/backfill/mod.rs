@@ -350,14 +350,13 @@ impl Job {
             // The running window keeps dates >= mid; the new one takes after < date < mid.
             a.after.store(mid - 1, Ordering::SeqCst);
             let idx = self.next_idx.fetch_add(1, Ordering::SeqCst);
-            let w = BackfillWindow {
+            BackfillWindow {
                 idx,
                 after,
                 before: mid,
                 next_href: None,
                 done: false,
-            };
-            w
+            }
         };
         // The running window's own save records its new lower bound with its next page.
         self.save(&new_window).await?;
