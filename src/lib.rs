@@ -50,6 +50,8 @@ pub fn app(state: AppState) -> Router {
     let read = Router::new()
         .merge(routes::auditlog::router())
         .merge(routes::preview::router())
+        .merge(routes::export::router())
+        .merge(routes::queue::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_read_token,
@@ -302,4 +304,5 @@ pub async fn shutdown_signal() {
     }
 }
 pub mod backfill;
+pub mod export;
 pub mod render;

@@ -29,6 +29,51 @@ enum Command {
     Preview(PreviewArgs),
     /// Pull history from LaunchDarkly's REST API into the store (resumable).
     Backfill(BackfillArgs),
+    /// Write the archive as CSV or NDJSON, oldest first, streaming.
+    Export(ExportArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Ndjson,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "csv")]
+    format: ExportFormat,
+    /// CSV columns, comma-separated (see the README for the list).
+    #[arg(long)]
+    columns: Option<String>,
+    /// CSV preset: `ld-audit` (the LaunchDarkly audit CSV script's layout).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Only entries after T (epoch ms or RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    after: Option<i64>,
+    /// Only entries before T (epoch ms or RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    before: Option<i64>,
+    /// Text search.
+    #[arg(long)]
+    q: Option<String>,
+    /// Resource specifier (`*` globs).
+    #[arg(long)]
+    spec: Option<String>,
+    /// Event kind (repeatable).
+    #[arg(long)]
+    kind: Vec<String>,
+    /// Access action (repeatable).
+    #[arg(long)]
+    action: Vec<String>,
+    /// Member id or email (repeatable).
+    #[arg(long)]
+    member: Vec<String>,
+    /// Write here instead of stdout (with a progress bar on a terminal).
+    #[arg(short = 'o', long)]
+    output: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +127,7 @@ async fn main() -> std::process::ExitCode {
         Command::Migrate => migrate(cli.config).await,
         Command::Preview(args) => preview(cli.config, args).await,
         Command::Backfill(args) => backfill(cli.config, args).await,
+        Command::Export(args) => export(cli.config, args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -211,5 +257,80 @@ async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
         "finished"
     };
     eprintln!("backfill {verb}: {summary}");
+    Ok(())
+}
+
+async fn export(config: Config, args: ExportArgs) -> anyhow::Result<()> {
+    use audithook::export::{Encoder, Format};
+    use std::io::{IsTerminal, Write};
+    let format = match args.format {
+        ExportFormat::Csv => Format::csv(args.columns.as_deref(), args.preset.as_deref())
+            .map_err(anyhow::Error::msg)?,
+        ExportFormat::Ndjson => {
+            anyhow::ensure!(
+                args.columns.is_none() && args.preset.is_none(),
+                "--columns and --preset apply to CSV only"
+            );
+            Format::Ndjson
+        }
+    };
+    let filter = audithook::store::Filter {
+        after: args.after,
+        before: args.before,
+        q: args.q,
+        spec: args.spec,
+        members: args.member,
+        kinds: args.kind,
+        actions: args.action,
+        ..Default::default()
+    };
+    let store = Store::open(&config.database_url, std::sync::Arc::new(Metrics::new())).await?;
+    let bar = match &args.output {
+        Some(_) if std::io::stderr().is_terminal() => {
+            let total = store.count(&filter).await?;
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} events ({per_sec}, ETA {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Some(bar)
+        }
+        _ => None,
+    };
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut rows = store.export(filter, format.needs_raw());
+    let mut enc = Encoder::new(format);
+    let mut events = 0u64;
+    while let Some(row) = rows.recv().await {
+        enc.push(&row?).map_err(anyhow::Error::msg)?;
+        events += 1;
+        if enc.pending() >= 64 * 1024 {
+            out.write_all(&enc.take().map_err(anyhow::Error::msg)?)?;
+            if let Some(bar) = &bar {
+                bar.set_position(events);
+            }
+        }
+    }
+    out.write_all(&enc.take().map_err(anyhow::Error::msg)?)?;
+    out.flush()?;
+    drop(out);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    store.close().await;
+    if let Some(path) = &args.output {
+        eprintln!(
+            "exported {events} events ({} rows) to {}",
+            enc.rows,
+            path.display()
+        );
+    }
     Ok(())
 }

@@ -47,6 +47,24 @@ fn parse_ms(name: &str, value: &str) -> Result<i64> {
     })
 }
 
+/// Applies one of the filters every reader shares (`before`, `after`, `q`, `spec`,
+/// `member`, `token`, `kind`, `action`); returns whether `key` was one.
+pub fn apply_filter_param(filter: &mut Filter, key: &str, value: &str) -> Result<bool> {
+    let text = || (!value.is_empty()).then(|| value.to_owned());
+    match key {
+        "before" => filter.before = Some(parse_ms("before", value)?),
+        "after" => filter.after = Some(parse_ms("after", value)?),
+        "q" => filter.q = text(),
+        "spec" => filter.spec = text(),
+        "member" => filter.members.extend(text()),
+        "token" => filter.tokens.extend(text()),
+        "kind" => filter.kinds.extend(text()),
+        "action" => filter.actions.extend(text()),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// Parses the query string of `GET /api/v2/auditlog`. Unknown parameters are ignored, as
 /// LaunchDarkly's clients may send more than we use.
 pub fn parse_list_params(query: Option<&str>) -> Result<ListParams> {
@@ -56,12 +74,7 @@ pub fn parse_list_params(query: Option<&str>) -> Result<ListParams> {
     };
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
-            "before" => p.filter.before = Some(parse_ms("before", &value)?),
-            "after" => p.filter.after = Some(parse_ms("after", &value)?),
-            "q" if !value.is_empty() => p.filter.q = Some(value.to_string()),
-            "spec" if !value.is_empty() => p.filter.spec = Some(value.to_string()),
-            "member" if !value.is_empty() => p.filter.members.push(value.to_string()),
-            "token" if !value.is_empty() => p.filter.tokens.push(value.to_string()),
+            k if apply_filter_param(&mut p.filter, k, &value)? => {}
             "limit" => {
                 p.limit = value
                     .trim()

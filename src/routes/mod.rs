@@ -1,6 +1,8 @@
 //! HTTP routes, one module per resource.
 
 pub mod auditlog;
+pub mod export;
 pub mod health;
 pub mod hooks;
 pub mod preview;
+pub mod queue;

@@ -44,10 +44,31 @@ pub struct Filter {
     pub q: Option<String>,
     /// Resource specifier with `*` globs.
     pub spec: Option<String>,
-    /// Member ids (any of).
+    /// Members, by id or email (any of).
     pub members: Vec<String>,
     /// Token ids (any of).
     pub tokens: Vec<String>,
+    /// Event kinds (any of).
+    pub kinds: Vec<String>,
+    /// Access actions (entries with any access doing any of these).
+    pub actions: Vec<String>,
+}
+
+/// One stored event with the columns exports use; `raw` only when asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRow {
+    pub seq: i64,
+    pub id: String,
+    pub date: i64,
+    pub kind: String,
+    pub name: String,
+    pub title: String,
+    pub member_id: Option<String>,
+    pub member_email: Option<String>,
+    pub token_id: Option<String>,
+    /// Accesses as JSON (`[{"action":..,"resource":..}]`).
+    pub accesses: String,
+    pub raw: Option<String>,
 }
 
 /// One stored event as readers see it.
@@ -154,6 +175,37 @@ impl Store {
                 s.setting_insert_if_absent(key.to_owned(), value.to_owned())
                     .await
             }
+        }
+    }
+
+    /// Streams the events matching `filter`, oldest first (`date`, then `_id`), through a
+    /// bounded channel: memory stays constant, and dropping the receiver stops the query.
+    pub fn export(
+        &self,
+        filter: Filter,
+        with_raw: bool,
+    ) -> tokio::sync::mpsc::Receiver<Result<ExportRow, StoreError>> {
+        match self {
+            Store::Sqlite(s) => s.export(filter, with_raw),
+        }
+    }
+
+    /// How many events match `filter`.
+    pub async fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.count(filter.clone()).await,
+        }
+    }
+
+    /// The next events consumer `name` has not received (arrival order, at most `limit`);
+    /// they then count as received for it. Concurrent calls never return the same event.
+    pub async fn queue_take(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_take(name.to_owned(), limit).await,
         }
     }
 

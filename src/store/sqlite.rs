@@ -9,7 +9,9 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BackfillJob, BackfillWindow, Cursor, Filter, Inserted, StoreError, StoredEvent};
+use super::{
+    BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, StoreError, StoredEvent,
+};
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
 
@@ -27,6 +29,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         20261122000000,
         include_str!("../../migrations/sqlite/20261122000000_backfill.sql"),
+    ),
+    (
+        20261122010000,
+        include_str!("../../migrations/sqlite/20261122010000_queues.sql"),
     ),
 ];
 
@@ -291,6 +297,96 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) fn export(
+        &self,
+        filter: Filter,
+        with_raw: bool,
+    ) -> mpsc::Receiver<Result<ExportRow, StoreError>> {
+        let (tx, rx) = mpsc::channel(512);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let run = || -> Result<(), StoreError> {
+                let conn = open_reader(&path)?;
+                let mut sql = String::from(
+                    "SELECT seq, id, date, kind, name, title, member_id, member_email, token_id, accesses",
+                );
+                sql.push_str(if with_raw { ", raw" } else { ", NULL" });
+                sql.push_str(" FROM events WHERE 1 = 1");
+                let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+                push_filter(&filter, &mut sql, &mut args);
+                sql.push_str(" ORDER BY date, id");
+                let mut stmt = conn.prepare(&sql)?;
+                let mut rows = stmt.query(params_from_iter(args.iter()))?;
+                while let Some(r) = rows.next()? {
+                    let row = ExportRow {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        date: r.get(2)?,
+                        kind: r.get(3)?,
+                        name: r.get(4)?,
+                        title: r.get(5)?,
+                        member_id: r.get(6)?,
+                        member_email: r.get(7)?,
+                        token_id: r.get(8)?,
+                        accesses: r.get(9)?,
+                        raw: r.get(10)?,
+                    };
+                    if tx.blocking_send(Ok(row)).is_err() {
+                        // The reader went away (client disconnected): stop the query.
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = run() {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        rx
+    }
+
+    pub(super) async fn count(&self, filter: Filter) -> Result<u64, StoreError> {
+        self.read(move |c| {
+            let mut sql = String::from("SELECT count(*) FROM events WHERE 1 = 1");
+            let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+            push_filter(&filter, &mut sql, &mut args);
+            c.query_row(&sql, params_from_iter(args.iter()), |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        })
+        .await
+    }
+
+    pub(super) async fn queue_take(
+        &self,
+        name: String,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.side(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let position: i64 = tx
+                .query_row("SELECT position FROM consumers WHERE name = ?1", [&name], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let rows = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT seq, id, date, raw FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![position, limit as i64], row_to_event)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            if let Some(last) = rows.last() {
+                tx.execute(
+                    "INSERT INTO consumers (name, position, updated_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+                    params![name, last.seq, now_ms()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     pub(super) async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
         self.read(|c| c.query_row("SELECT max(date) FROM events", [], |r| r.get(0)))
             .await
@@ -417,16 +513,33 @@ fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Box<dyn ToSql>>) {
         args.push(Box::new(spec.clone()));
         sql.push_str(&format!(" AND spec_match(?{}, resources)", args.len()));
     }
-    for (column, values) in [("member_id", &f.members), ("token_id", &f.tokens)] {
-        if values.is_empty() {
-            continue;
-        }
-        let mut marks = Vec::with_capacity(values.len());
+    let marks = |values: &[String], args: &mut Vec<Box<dyn ToSql>>| {
+        let mut m = Vec::with_capacity(values.len());
         for v in values {
             args.push(Box::new(v.clone()));
-            marks.push(format!("?{}", args.len()));
+            m.push(format!("?{}", args.len()));
         }
-        sql.push_str(&format!(" AND {column} IN ({})", marks.join(", ")));
+        m.join(", ")
+    };
+    if !f.members.is_empty() {
+        let m = marks(&f.members, args);
+        sql.push_str(&format!(
+            " AND (member_id IN ({m}) OR member_email IN ({m}))"
+        ));
+    }
+    if !f.tokens.is_empty() {
+        let m = marks(&f.tokens, args);
+        sql.push_str(&format!(" AND token_id IN ({m})"));
+    }
+    if !f.kinds.is_empty() {
+        let m = marks(&f.kinds, args);
+        sql.push_str(&format!(" AND kind IN ({m})"));
+    }
+    if !f.actions.is_empty() {
+        let m = marks(&f.actions, args);
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM json_each(events.accesses) WHERE json_extract(value, '$.action') IN ({m}))"
+        ));
     }
 }
 

@@ -3,6 +3,7 @@
 mod auditlog;
 mod backfill;
 mod conformance;
+mod export;
 mod helpers;
 mod templates;
 mod webhook;
