@@ -41,13 +41,21 @@ fn peak_rss_mb(pid: u32) -> u64 {
 }
 
 fn main() {
-    let n: u64 = std::env::var("BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let n: u64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("export.db");
     let url = format!("sqlite://{}", db.display());
     rt.block_on(async {
-        let store = Store::open(&url, Arc::new(Metrics::new())).await.expect("store");
+        let store = Store::open(&url, Arc::new(Metrics::new()))
+            .await
+            .expect("store");
         let t = Instant::now();
         let mut i = 0;
         while i < n {
@@ -58,10 +66,16 @@ fn main() {
             i += 10_000;
         }
         store.close().await;
-        println!("loaded {n} events through the store in {:.1} s", t.elapsed().as_secs_f64());
+        println!(
+            "loaded {n} events through the store in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     });
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
     let mut server = Command::new(env!("CARGO_BIN_EXE_audithook"))
         .arg("serve")
         .env("AUDITHOOK_LISTEN", format!("127.0.0.1:{port}"))
@@ -109,20 +123,30 @@ fn main() {
         let b = t.elapsed().as_secs_f64();
         match out {
             Ok(o) if o.status.success() => {
-                println!("(a) GET /export.csv, {n} events: {a:.2} s, {} MB, audithook peak RSS {rss} MB", bytes / 1_000_000);
-                println!("(b) sqlite3 -csv, same columns and file: {b:.2} s, {} MB", o.stdout.len() / 1_000_000);
+                println!(
+                    "(a) GET /export.csv, {n} events: {a:.2} s, {} MB, audithook peak RSS {rss} MB",
+                    bytes / 1_000_000
+                );
+                println!(
+                    "(b) sqlite3 -csv, same columns and file: {b:.2} s, {} MB",
+                    o.stdout.len() / 1_000_000
+                );
                 println!("ratio a/b: {:.2}", a / b);
             }
-            _ => println!("(a) GET /export.csv: {a:.2} s, peak RSS {rss} MB; (b) sqlite3 shell not available"),
+            _ => println!(
+                "(a) GET /export.csv: {a:.2} s, peak RSS {rss} MB; (b) sqlite3 shell not available"
+            ),
         }
 
         // Read API latencies.
         let cursor = {
             let conn = rusqlite::Connection::open(&db).expect("db");
             let (date, id): (i64, String) = conn
-                .query_row("SELECT date, id FROM events ORDER BY date DESC, id DESC LIMIT 1 OFFSET 9989", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT date, id FROM events ORDER BY date DESC, id DESC LIMIT 1 OFFSET 9989",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .expect("cursor");
             format!("{date}_{id}")
         };
@@ -131,23 +155,43 @@ fn main() {
             ("first page", "/api/v2/auditlog".to_string()),
             ("1,000th page", format!("/api/v2/auditlog?cursor={cursor}")),
             ("q search", "/api/v2/auditlog?q=flag%204242".to_string()),
-            ("spec filter", "/api/v2/auditlog?spec=proj/default:env/staging:flag/flag-77".to_string()),
-            ("one-day range", format!("/api/v2/auditlog?after={}&before={day_end}", day_end - 86_400_000)),
+            (
+                "spec filter",
+                "/api/v2/auditlog?spec=proj/default:env/staging:flag/flag-77".to_string(),
+            ),
+            (
+                "one-day range",
+                format!(
+                    "/api/v2/auditlog?after={}&before={day_end}",
+                    day_end - 86_400_000
+                ),
+            ),
         ];
         println!("read API on {n} events (limit 10), 20 requests each:");
         for (name, path) in cases {
             let mut lat = Vec::new();
             for _ in 0..20 {
                 let t = Instant::now();
-                let r = client.get(format!("{base}{path}")).header("authorization", TOKEN).send().await.expect("get");
+                let r = client
+                    .get(format!("{base}{path}"))
+                    .header("authorization", TOKEN)
+                    .send()
+                    .await
+                    .expect("get");
                 assert!(r.status().is_success(), "{name}: {}", r.status());
                 let _ = r.bytes().await;
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
             lat.sort_by(|a, b| a.total_cmp(b));
-            println!("  {name:<14} p50 {:>8.2} ms   p99 {:>8.2} ms", lat[10], lat[19]);
+            println!(
+                "  {name:<14} p50 {:>8.2} ms   p99 {:>8.2} ms",
+                lat[10], lat[19]
+            );
         }
     });
-    let _ = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.id().to_string())
+        .status();
     let _ = server.wait();
 }

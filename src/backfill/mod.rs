@@ -175,6 +175,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The first window of a new job: the whole requested range (`before` defaults to now).
+fn whole_range(opts: &Options) -> BackfillWindow {
+    BackfillWindow {
+        idx: 0,
+        after: opts.after.unwrap_or(0),
+        before: opts.before.unwrap_or_else(|| now_ms() + 1),
+        next_href: None,
+        done: false,
+    }
+}
+
 /// Runs a backfill of `opts.after..opts.before` into `store`.
 pub async fn run(
     store: &Store,
@@ -207,26 +218,13 @@ pub async fn run(
                 let id = store
                     .backfill_create(opts.after, opts.before, spec.as_deref())
                     .await?;
-                let w = BackfillWindow {
-                    idx: 0,
-                    after: opts.after.unwrap_or(0),
-                    before: opts.before.unwrap_or_else(|| now_ms() + 1),
-                    next_href: None,
-                    done: false,
-                };
+                let w = whole_range(&opts);
                 store.backfill_save_window(id, w.clone()).await?;
                 (Some(id), vec![w])
             }
         }
     } else {
-        let w = BackfillWindow {
-            idx: 0,
-            after: opts.after.unwrap_or(0),
-            before: opts.before.unwrap_or_else(|| now_ms() + 1),
-            next_href: None,
-            done: false,
-        };
-        (None, vec![w])
+        (None, vec![whole_range(&opts)])
     };
     let total_ms: u64 = windows
         .iter()

@@ -47,6 +47,20 @@ fn parse_ms(name: &str, value: &str) -> Result<i64> {
     })
 }
 
+/// Parses a `limit` parameter: an integer from 1 to `max`.
+pub fn parse_limit(value: &str, max: usize) -> Result<usize> {
+    value
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "parameter `limit` must be an integer from 1 to {max}, got {value:?}"
+            ))
+        })
+}
+
 /// Applies one of the filters every reader shares (`before`, `after`, `q`, `spec`,
 /// `member`, `token`, `kind`, `action`); returns whether `key` was one.
 pub fn apply_filter_param(filter: &mut Filter, key: &str, value: &str) -> Result<bool> {
@@ -75,18 +89,7 @@ pub fn parse_list_params(query: Option<&str>) -> Result<ListParams> {
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             k if apply_filter_param(&mut p.filter, k, &value)? => {}
-            "limit" => {
-                p.limit = value
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "parameter `limit` must be an integer from 1 to {MAX_LIMIT}, got {value:?}"
-                        ))
-                    })?;
-            }
+            "limit" => p.limit = parse_limit(&value, MAX_LIMIT)?,
             "cursor" => {
                 p.cursor = Some(parse_cursor(&value).ok_or_else(|| {
                     ApiError::bad_request("parameter `cursor` is not one this server issued; follow `_links.next` as given")

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::error::{ApiError, Result};
 use crate::event::listing_rep;
+use crate::routes::auditlog::parse_limit;
 use crate::AppState;
 
 /// Default and largest batch.
@@ -42,16 +43,7 @@ async fn get_queue(
     let mut limit = DEFAULT_LIMIT;
     for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         if key == "limit" {
-            limit = value
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "parameter `limit` must be an integer from 1 to {MAX_LIMIT}, got {value:?}"
-                    ))
-                })?;
+            limit = parse_limit(&value, MAX_LIMIT)?;
         }
     }
     let rows = store
