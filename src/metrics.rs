@@ -42,6 +42,7 @@ pub struct Metrics {
     pub catchup_newest_event: Gauge,
     pub ld_requests: Counter,
     pub ld_rate_limited: Counter,
+    pub search_unindexed: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,6 +99,12 @@ impl Metrics {
         let catchup_newest_event = Gauge::default();
         let ld_requests = Counter::default();
         let ld_rate_limited = Counter::default();
+        let search_unindexed = Gauge::default();
+        registry.register(
+            "search_unindexed_events",
+            "Stored events not yet in the text-search index (they are scanned instead)",
+            search_unindexed.clone(),
+        );
         registry.register(
             "catchup_runs",
             "Catch-up runs against LaunchDarkly's API, by result",
@@ -135,6 +142,7 @@ impl Metrics {
             catchup_newest_event,
             ld_requests,
             ld_rate_limited,
+            search_unindexed,
             registry,
             events_received,
             events_stored,

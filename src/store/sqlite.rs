@@ -2,6 +2,7 @@
 //! connections, WAL journal with `synchronous=FULL` so a committed event survives a crash.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         20261122010000,
         include_str!("../../migrations/sqlite/20261122010000_queues.sql"),
     ),
+    (
+        20261122020000,
+        include_str!("../../migrations/sqlite/20261122020000_search.sql"),
+    ),
 ];
 
 const INSERT_SQL: &str = "INSERT INTO events (id, date, kind, name, title, member_id, member_email, \
@@ -64,6 +69,8 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     /// A connection for small bookkeeping writes (settings, backfill progress).
     side: Arc<Mutex<Option<Connection>>>,
+    /// Stops the search indexer.
+    indexer_stop: Arc<AtomicBool>,
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -151,14 +158,29 @@ impl SqliteStore {
         })
         .await??;
         let (tx, rx) = mpsc::channel(8 * MAX_GROUP);
+        let last_commit = Arc::new(AtomicI64::new(0));
+        let indexer_stop = Arc::new(AtomicBool::new(false));
+        {
+            let (path, last_commit, stop, metrics) = (
+                path.clone(),
+                last_commit.clone(),
+                indexer_stop.clone(),
+                metrics.clone(),
+            );
+            std::thread::Builder::new()
+                .name("audithook-indexer".into())
+                .spawn(move || indexer_loop(&path, &last_commit, &stop, &metrics))?;
+        }
+        let writer_last_commit = last_commit.clone();
         std::thread::Builder::new()
             .name("audithook-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, &metrics))?;
+            .spawn(move || writer_loop(writer_conn, rx, &metrics, &writer_last_commit))?;
         Ok(Self {
             path,
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             side: Arc::new(Mutex::new(None)),
+            indexer_stop,
         })
     }
 
@@ -224,26 +246,31 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |c| {
-            let mut sql = String::from("SELECT seq, id, date, raw FROM events WHERE 1 = 1");
-            let mut args: Vec<Box<dyn ToSql>> = Vec::new();
-            push_filter(&filter, &mut sql, &mut args);
-            if let Some(cur) = cursor {
-                args.push(Box::new(cur.date));
-                let d = args.len();
-                args.push(Box::new(cur.id));
-                sql.push_str(&format!(
-                    " AND (date < ?{d} OR (date = ?{d} AND id < ?{}))",
-                    d + 1
-                ));
+            let Some(matcher) = fts_match(&filter) else {
+                return newest(c, &filter, cursor.as_ref(), limit, Scope::All);
+            };
+            // Common terms: the newest few thousand candidates usually hold a page of
+            // matches, and then they are the newest matches of all.
+            let rows = newest(
+                c,
+                &filter,
+                cursor.as_ref(),
+                limit,
+                Scope::NewestCandidates(NEWEST_CANDIDATES),
+            )?;
+            if rows.len() >= limit {
+                return Ok(rows);
             }
-            args.push(Box::new(limit as i64));
-            sql.push_str(&format!(
-                " ORDER BY date DESC, id DESC LIMIT ?{}",
-                args.len()
-            ));
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params_from_iter(args.iter()), row_to_event)?;
-            rows.collect()
+            // Rare terms: the trigram index, plus the events it has not indexed yet.
+            let indexed: i64 =
+                c.query_row("SELECT indexed_seq FROM search_state", [], |r| r.get(0))?;
+            newest(
+                c,
+                &filter,
+                cursor.as_ref(),
+                limit,
+                Scope::Indexed { matcher, indexed },
+            )
         })
         .await
     }
@@ -492,24 +519,123 @@ impl SqliteStore {
         if let Ok(mut s) = self.side.lock() {
             s.take();
         }
+        self.indexer_stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Candidates the first pass of a text search looks at.
+const NEWEST_CANDIDATES: i64 = 2000;
+
+/// Which events a newest-first query considers.
+enum Scope {
+    All,
+    /// The newest N events passing the non-text filters.
+    NewestCandidates(i64),
+    /// Events the index matches, and every event after `indexed`.
+    Indexed {
+        matcher: String,
+        indexed: i64,
+    },
+}
+
+/// Up to `limit` events matching `filter`, newest first, strictly after `cursor`.
+fn newest(
+    c: &Connection,
+    filter: &Filter,
+    cursor: Option<&Cursor>,
+    limit: usize,
+    scope: Scope,
+) -> rusqlite::Result<Vec<StoredEvent>> {
+    let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+    let mut base = String::from("1 = 1");
+    push_filter_parts(filter, &mut base, &mut args, Parts::NonText);
+    if let Some(cur) = cursor {
+        args.push(Box::new(cur.date));
+        let d = args.len();
+        args.push(Box::new(cur.id.clone()));
+        base.push_str(&format!(
+            " AND (date < ?{d} OR (date = ?{d} AND id < ?{}))",
+            d + 1
+        ));
+    }
+    let mut sql = String::from("SELECT seq, id, date, raw FROM events WHERE ");
+    match scope {
+        Scope::All => sql.push_str(&base),
+        Scope::NewestCandidates(n) => {
+            args.push(Box::new(n));
+            sql.push_str(&format!(
+                "seq IN (SELECT seq FROM events WHERE {base} ORDER BY date DESC, id DESC LIMIT ?{})",
+                args.len()
+            ));
+        }
+        Scope::Indexed { matcher, indexed } => {
+            args.push(Box::new(matcher));
+            let m = args.len();
+            args.push(Box::new(indexed));
+            sql.push_str(&format!(
+                "seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?{m} \
+                 UNION ALL SELECT seq FROM events WHERE seq > ?{}) AND {base}",
+                m + 1
+            ));
+        }
+    }
+    push_filter_parts(filter, &mut sql, &mut args, Parts::Text);
+    args.push(Box::new(limit as i64));
+    sql.push_str(&format!(
+        " ORDER BY date DESC, id DESC LIMIT ?{}",
+        args.len()
+    ));
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(args.iter()), row_to_event)?;
+    rows.collect()
+}
+
+/// The full-text query narrowing `q` and `spec`, when they have a literal of at least three
+/// characters (the trigram minimum): `search : "q" AND resources : "literal" ...`.
+fn fts_match(f: &Filter) -> Option<String> {
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut terms = Vec::new();
+    if let Some(q) = f.q.as_deref().filter(|q| q.chars().count() >= 3) {
+        terms.push(format!("search : {}", quote(&q.to_lowercase())));
+    }
+    if let Some(spec) = &f.spec {
+        let stripped = crate::event::strip_tags(spec);
+        for piece in stripped.split('*').filter(|p| p.chars().count() >= 3) {
+            terms.push(format!("resources : {}", quote(piece)));
+        }
+    }
+    (!terms.is_empty()).then(|| terms.join(" AND "))
+}
+
+/// Which filters to append.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parts {
+    All,
+    Text,
+    NonText,
 }
 
 /// Appends the shared filters as `AND ...` clauses with numbered parameters.
 fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Box<dyn ToSql>>) {
-    if let Some(before) = f.before {
+    push_filter_parts(f, sql, args, Parts::All);
+}
+
+fn push_filter_parts(f: &Filter, sql: &mut String, args: &mut Vec<Box<dyn ToSql>>, parts: Parts) {
+    let text = parts != Parts::NonText;
+    let non_text = parts != Parts::Text;
+    if let Some(before) = f.before.filter(|_| non_text) {
         args.push(Box::new(before));
         sql.push_str(&format!(" AND date < ?{}", args.len()));
     }
-    if let Some(after) = f.after {
+    if let Some(after) = f.after.filter(|_| non_text) {
         args.push(Box::new(after));
         sql.push_str(&format!(" AND date > ?{}", args.len()));
     }
-    if let Some(q) = &f.q {
+    if let Some(q) = f.q.as_ref().filter(|_| text) {
         args.push(Box::new(q.to_lowercase()));
         sql.push_str(&format!(" AND instr(search, ?{}) > 0", args.len()));
     }
-    if let Some(spec) = &f.spec {
+    if let Some(spec) = f.spec.as_ref().filter(|_| text) {
         args.push(Box::new(spec.clone()));
         sql.push_str(&format!(" AND spec_match(?{}, resources)", args.len()));
     }
@@ -521,6 +647,9 @@ fn push_filter(f: &Filter, sql: &mut String, args: &mut Vec<Box<dyn ToSql>>) {
         }
         m.join(", ")
     };
+    if !non_text {
+        return;
+    }
     if !f.members.is_empty() {
         let m = marks(&f.members, args);
         sql.push_str(&format!(
@@ -553,7 +682,12 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 }
 
 /// The writer: takes every request queued, commits them in one transaction, answers each.
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteReq>, metrics: &Metrics) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<WriteReq>,
+    metrics: &Metrics,
+    last_commit: &AtomicI64,
+) {
     let mut group: Group = Vec::new();
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -576,6 +710,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteReq>, metrics: 
         }
         if !group.is_empty() {
             commit_group(&mut conn, &mut group, metrics);
+            last_commit.store(now_ms(), Ordering::Relaxed);
         }
         if let Some(ack) = shutdown.take() {
             rx.close();
@@ -669,4 +804,66 @@ fn insert_all<'a>(
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// Events indexed per transaction.
+const INDEX_BATCH: i64 = 2000;
+
+/// Fills the trigram index in batches, staying out of the writer's way: it works only when
+/// no group has committed for 100 ms, so ingest under load keeps the machine.
+fn indexer_loop(path: &Path, last_commit: &AtomicI64, stop: &AtomicBool, metrics: &Metrics) {
+    let mut conn = match open_connection(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "search indexer cannot open the database");
+            return;
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if now_ms() - last_commit.load(Ordering::Relaxed) < 100 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        match index_batch(&mut conn) {
+            Ok((indexed, lag)) => {
+                metrics.search_unindexed.set(lag);
+                if indexed == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "search indexing failed; retrying");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Indexes the next batch; returns how many were indexed and how many remain.
+fn index_batch(conn: &mut Connection) -> rusqlite::Result<(i64, i64)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let from: i64 = tx.query_row("SELECT indexed_seq FROM search_state", [], |r| r.get(0))?;
+    let mut last = from;
+    let mut n = 0;
+    {
+        let mut read = tx.prepare_cached(
+            "SELECT seq, search, resources FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let mut write = tx.prepare_cached(
+            "INSERT INTO events_fts (rowid, search, resources) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut rows = read.query(params![from, INDEX_BATCH])?;
+        while let Some(r) = rows.next()? {
+            let seq: i64 = r.get(0)?;
+            write.execute(params![seq, r.get::<_, String>(1)?, r.get::<_, String>(2)?])?;
+            last = seq;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        tx.execute("UPDATE search_state SET indexed_seq = ?1", [last])?;
+    }
+    let max: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+    tx.commit()?;
+    Ok((n, (max - last).max(0)))
 }

@@ -277,3 +277,95 @@ async fn read_routes_need_the_read_token() {
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
 }
+
+#[tokio::test]
+async fn rare_terms_are_found_through_the_index_and_in_the_unindexed_tail() {
+    use audithook::event::{normalise, Source};
+    use audithook::store::{Filter, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = std::sync::Arc::new(audithook::metrics::Metrics::new());
+    let store = Store::open(
+        &format!("sqlite://{}", dir.path().join("s.db").display()),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let events: Vec<_> = (0..5000)
+        .map(|i| {
+            let e = rest_entry(
+                &format!("s{i:05}"),
+                i,
+                &format!("Flag {i}"),
+                &format!("proj/p:env/e:flag/f-{i}"),
+                "m",
+            );
+            normalise(e.to_string().as_bytes(), Source::Rest).unwrap()
+        })
+        .collect();
+    store.insert_many(events).await.unwrap();
+    let ids = |rows: Vec<audithook::store::StoredEvent>| {
+        rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    let rare = Filter {
+        q: Some("flag 421".into()),
+        ..Filter::default()
+    };
+    let spec = Filter {
+        spec: Some("proj/p:env/e:flag/f-77".into()),
+        ..Filter::default()
+    };
+    let common = Filter {
+        q: Some("flag".into()),
+        ..Filter::default()
+    };
+    let want_rare = vec!["s04219", "s04218", "s04217", "s04216", "s04215"];
+    // Whatever the index holds so far, results are the same.
+    let before_rare = ids(store.list_newest(&rare, None, 5).await.unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let indexed = || {
+        metrics
+            .render()
+            .lines()
+            .any(|l| l == "audithook_search_unindexed_events 0")
+    };
+    while !indexed() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(indexed(), "the indexer did not catch up");
+    let after_rare = ids(store.list_newest(&rare, None, 5).await.unwrap());
+    assert_eq!(before_rare, after_rare);
+    // "flag 421" matches Flag 421 and Flag 4210..4219: the newest five.
+    assert_eq!(after_rare, want_rare);
+    let spec_ids = ids(store.list_newest(&spec, None, 20).await.unwrap());
+    // A specifier matches the resource or what lies beneath it, not `f-770`.
+    assert_eq!(spec_ids, vec!["s00077"]);
+    let glob = Filter {
+        spec: Some("proj/p:env/e:flag/f-77*".into()),
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(store.list_newest(&glob, None, 3).await.unwrap()),
+        vec!["s00779", "s00778", "s00777"]
+    );
+    assert_eq!(
+        ids(store.list_newest(&common, None, 3).await.unwrap()),
+        vec!["s04999", "s04998", "s04997"]
+    );
+    // New events after indexing are found through the tail.
+    let late = rest_entry(
+        "late",
+        9999,
+        "Flag 4211 again",
+        "proj/p:env/e:flag/f-late",
+        "m",
+    );
+    store
+        .insert(normalise(late.to_string().as_bytes(), Source::Rest).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(store.list_newest(&rare, None, 2).await.unwrap()),
+        vec!["late", "s04219"]
+    );
+    store.close().await;
+}
