@@ -95,6 +95,28 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Let the text-search index catch up first, so the export runs on a quiet server.
+        let t = Instant::now();
+        loop {
+            let m = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .unwrap_or_default();
+            if m.lines()
+                .any(|l| l == "audithook_search_unindexed_events 0")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "search index caught up {:.1} s after the export",
+            t.elapsed().as_secs_f64()
+        );
         // (a) the CSV export over HTTP.
         let columns = "id,date,kind,name,title,member_email";
         let t = Instant::now();
@@ -138,28 +160,6 @@ fn main() {
             ),
         }
 
-        // Read API latencies, once the text-search index has caught up.
-        let t = Instant::now();
-        loop {
-            let m = client
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .unwrap_or_default();
-            if m.lines()
-                .any(|l| l == "audithook_search_unindexed_events 0")
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        println!(
-            "search index caught up {:.1} s after the export",
-            t.elapsed().as_secs_f64()
-        );
         let cursor = {
             let conn = rusqlite::Connection::open(&db).expect("db");
             let (date, id): (i64, String) = conn

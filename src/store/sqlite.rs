@@ -246,9 +246,10 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |c| {
-            let Some(matcher) = fts_match(&filter) else {
+            let text_search = filter.q.is_some() || filter.spec.is_some();
+            if !text_search {
                 return newest(c, &filter, cursor.as_ref(), limit, Scope::All);
-            };
+            }
             // Common terms: the newest few thousand candidates usually hold a page of
             // matches, and then they are the newest matches of all.
             let rows = newest(
@@ -262,6 +263,9 @@ impl SqliteStore {
                 return Ok(rows);
             }
             // Rare terms: the trigram index, plus the events it has not indexed yet.
+            let Some(matcher) = fts_match(c, &filter)? else {
+                return newest(c, &filter, cursor.as_ref(), limit, Scope::All);
+            };
             let indexed: i64 =
                 c.query_row("SELECT indexed_seq FROM search_state", [], |r| r.get(0))?;
             newest(
@@ -590,21 +594,43 @@ fn newest(
     rows.collect()
 }
 
+/// Trigrams of each term the index query uses (the rarest ones).
+const TRIGRAMS_PER_TERM: usize = 3;
+
 /// The full-text query narrowing `q` and `spec`, when they have a literal of at least three
-/// characters (the trigram minimum): `search : "q" AND resources : "literal" ...`.
-fn fts_match(f: &Filter) -> Option<String> {
-    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let mut terms = Vec::new();
-    if let Some(q) = f.q.as_deref().filter(|q| q.chars().count() >= 3) {
-        terms.push(format!("search : {}", quote(&q.to_lowercase())));
+/// characters (the trigram minimum). Each literal is narrowed by its rarest trigrams (document
+/// counts from `events_fts_vocab`): the exact filters run on the candidates afterwards.
+fn fts_match(c: &Connection, f: &Filter) -> rusqlite::Result<Option<String>> {
+    let mut literals: Vec<(&str, String)> = Vec::new();
+    if let Some(q) = f.q.as_deref() {
+        literals.push(("search", q.to_lowercase()));
     }
     if let Some(spec) = &f.spec {
         let stripped = crate::event::strip_tags(spec);
-        for piece in stripped.split('*').filter(|p| p.chars().count() >= 3) {
-            terms.push(format!("resources : {}", quote(piece)));
+        literals.extend(stripped.split('*').map(|p| ("resources", p.to_lowercase())));
+    }
+    let mut count = c.prepare_cached("SELECT doc FROM events_fts_vocab WHERE term = ?1")?;
+    let mut terms = Vec::new();
+    for (column, literal) in literals {
+        let chars: Vec<char> = literal.chars().collect();
+        let mut grams: Vec<(i64, String)> = Vec::new();
+        for w in chars.windows(3) {
+            let gram: String = w.iter().collect();
+            if grams.iter().any(|(_, g)| *g == gram) {
+                continue;
+            }
+            let docs: i64 = count
+                .query_row([&gram], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            grams.push((docs, gram));
+        }
+        grams.sort();
+        for (_, gram) in grams.into_iter().take(TRIGRAMS_PER_TERM) {
+            terms.push(format!("{column} : \"{}\"", gram.replace('"', "\"\"")));
         }
     }
-    (!terms.is_empty()).then(|| terms.join(" AND "))
+    Ok((!terms.is_empty()).then(|| terms.join(" AND ")))
 }
 
 /// Which filters to append.
