@@ -114,7 +114,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         println!(
-            "search index caught up {:.1} s after the export",
+            "search index caught up {:.1} s after start",
             t.elapsed().as_secs_f64()
         );
         // (a) the CSV export over HTTP.
