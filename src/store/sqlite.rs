@@ -157,6 +157,15 @@ impl SqliteStore {
             }
         })
         .await??;
+        // The search index's lag is known before the indexer first runs.
+        let lag: i64 = writer_conn
+            .query_row(
+                "SELECT coalesce(max(seq), 0) - (SELECT indexed_seq FROM search_state) FROM events",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        metrics.search_unindexed.set(lag.max(0));
         let (tx, rx) = mpsc::channel(8 * MAX_GROUP);
         let last_commit = Arc::new(AtomicI64::new(0));
         let indexer_stop = Arc::new(AtomicBool::new(false));
