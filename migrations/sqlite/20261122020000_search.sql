@@ -8,5 +8,3 @@ CREATE TABLE search_state (
     indexed_seq INTEGER NOT NULL
 );
 INSERT INTO search_state (id, indexed_seq) VALUES (1, 0);
--- Document counts per trigram, to query by the rarest trigrams of a term.
-CREATE VIRTUAL TABLE events_fts_vocab USING fts5vocab(events_fts, 'row');

@@ -272,7 +272,7 @@ impl SqliteStore {
                 return Ok(rows);
             }
             // Rare terms: the trigram index, plus the events it has not indexed yet.
-            let Some(matcher) = fts_match(c, &filter)? else {
+            let Some(matcher) = fts_match(&filter) else {
                 return newest(c, &filter, cursor.as_ref(), limit, Scope::All);
             };
             let indexed: i64 =
@@ -603,43 +603,36 @@ fn newest(
     rows.collect()
 }
 
-/// Trigrams of each term the index query uses (the rarest ones).
-const TRIGRAMS_PER_TERM: usize = 3;
+/// Characters of each literal the index query uses: reading a trigram's postings costs
+/// in proportion to how common it is, so a short, specific part narrows best.
+const MATCH_CHARS: usize = 8;
 
 /// The full-text query narrowing `q` and `spec`, when they have a literal of at least three
-/// characters (the trigram minimum). Each literal is narrowed by its rarest trigrams (document
-/// counts from `events_fts_vocab`): the exact filters run on the candidates afterwards.
-fn fts_match(c: &Connection, f: &Filter) -> rusqlite::Result<Option<String>> {
+/// characters (the trigram minimum). Each literal contributes its last few characters (for a
+/// resource specifier, the most specific part: the resource key); the exact filters then run
+/// on the candidates.
+fn fts_match(f: &Filter) -> Option<String> {
     let mut literals: Vec<(&str, String)> = Vec::new();
     if let Some(q) = f.q.as_deref() {
         literals.push(("search", q.to_lowercase()));
     }
     if let Some(spec) = &f.spec {
         let stripped = crate::event::strip_tags(spec);
-        literals.extend(stripped.split('*').map(|p| ("resources", p.to_lowercase())));
+        literals.extend(stripped.split('*').map(|p| ("resources", p.to_owned())));
     }
-    let mut count = c.prepare_cached("SELECT doc FROM events_fts_vocab WHERE term = ?1")?;
-    let mut terms = Vec::new();
-    for (column, literal) in literals {
-        let chars: Vec<char> = literal.chars().collect();
-        let mut grams: Vec<(i64, String)> = Vec::new();
-        for w in chars.windows(3) {
-            let gram: String = w.iter().collect();
-            if grams.iter().any(|(_, g)| *g == gram) {
-                continue;
-            }
-            let docs: i64 = count
-                .query_row([&gram], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
-            grams.push((docs, gram));
-        }
-        grams.sort();
-        for (_, gram) in grams.into_iter().take(TRIGRAMS_PER_TERM) {
-            terms.push(format!("{column} : \"{}\"", gram.replace('"', "\"\"")));
-        }
-    }
-    Ok((!terms.is_empty()).then(|| terms.join(" AND ")))
+    let terms: Vec<String> = literals
+        .into_iter()
+        .filter_map(|(column, literal)| {
+            let chars: Vec<char> = literal.chars().collect();
+            (chars.len() >= 3).then(|| {
+                let tail: String = chars[chars.len().saturating_sub(MATCH_CHARS)..]
+                    .iter()
+                    .collect();
+                format!("{column} : \"{}\"", tail.replace('"', "\"\""))
+            })
+        })
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" AND "))
 }
 
 /// Which filters to append.
