@@ -240,9 +240,14 @@ impl Encoder {
         &mut self,
         cells: impl IntoIterator<Item = std::borrow::Cow<'a, str>>,
     ) -> Result<(), String> {
-        let cells: Vec<std::borrow::Cow<'a, str>> = cells.into_iter().collect();
+        for cell in cells {
+            self.csv
+                .write_field(safe_cell(&cell).as_bytes())
+                .map_err(|e| e.to_string())?;
+        }
+        // An empty record ends the one the fields above started.
         self.csv
-            .write_record(cells.iter().map(|c| safe_cell(c).into_owned()))
+            .write_record(None::<&[u8]>)
             .map_err(|e| e.to_string())?;
         self.rows += 1;
         Ok(())
@@ -330,8 +335,7 @@ impl Encoder {
                         }
                     })
                     .collect();
-                let owned: Vec<String> = cells.into_iter().map(|c| c.into_owned()).collect();
-                self.record(owned.into_iter().map(std::borrow::Cow::Owned))
+                self.record(cells)
             }
             Format::LdAudit => {
                 let member = raw.get("member").filter(|m| m.is_object());
