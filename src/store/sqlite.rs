@@ -834,8 +834,8 @@ fn insert_all<'a>(
     Ok(outcomes)
 }
 
-/// Events indexed per transaction.
-const INDEX_BATCH: i64 = 2000;
+/// Events indexed per transaction (short, so a writer waking up waits little).
+const INDEX_BATCH: i64 = 500;
 
 /// Fills the trigram index in batches, staying out of the writer's way: it works only when
 /// no group has committed for 100 ms, so ingest under load keeps the machine.
@@ -847,6 +847,9 @@ fn indexer_loop(path: &Path, last_commit: &AtomicI64, stop: &AtomicBool, metrics
             return;
         }
     };
+    // The index can be rebuilt from the events, and a lost batch rolls back together with
+    // its progress marker, so its commits need not wait for the disk.
+    let _ = conn.pragma_update(None, "synchronous", "NORMAL");
     while !stop.load(Ordering::SeqCst) {
         if now_ms() - last_commit.load(Ordering::Relaxed) < 100 {
             std::thread::sleep(std::time::Duration::from_millis(100));
