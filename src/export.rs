@@ -403,15 +403,15 @@ pub fn stream(
     let mut rows = store.export(filter, format.needs_raw());
     tokio::spawn(async move {
         let mut enc = Encoder::new(format);
-        while let Some(row) = rows.recv().await {
-            let row = match row {
-                Ok(r) => r,
+        while let Some(batch) = rows.recv().await {
+            let batch = match batch {
+                Ok(b) => b,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
             };
-            if let Err(e) = enc.push(&row) {
+            if let Err(e) = batch.iter().try_for_each(|row| enc.push(row)) {
                 let _ = tx.send(Err(StoreError::Other(e))).await;
                 return;
             }

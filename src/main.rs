@@ -308,9 +308,11 @@ async fn export(config: Config, args: ExportArgs) -> anyhow::Result<()> {
     let mut rows = store.export(filter, format.needs_raw());
     let mut enc = Encoder::new(format);
     let mut events = 0u64;
-    while let Some(row) = rows.recv().await {
-        enc.push(&row?).map_err(anyhow::Error::msg)?;
-        events += 1;
+    while let Some(batch) = rows.recv().await {
+        for row in batch? {
+            enc.push(&row).map_err(anyhow::Error::msg)?;
+            events += 1;
+        }
         if enc.pending() >= 64 * 1024 {
             out.write_all(&enc.take().map_err(anyhow::Error::msg)?)?;
             if let Some(bar) = &bar {

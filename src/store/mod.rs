@@ -178,13 +178,14 @@ impl Store {
         }
     }
 
-    /// Streams the events matching `filter`, oldest first (`date`, then `_id`), through a
-    /// bounded channel: memory stays constant, and dropping the receiver stops the query.
+    /// Streams the events matching `filter`, oldest first (`date`, then `_id`), in batches
+    /// through a bounded channel: memory stays constant, and dropping the receiver stops the
+    /// query.
     pub fn export(
         &self,
         filter: Filter,
         with_raw: bool,
-    ) -> tokio::sync::mpsc::Receiver<Result<ExportRow, StoreError>> {
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<ExportRow>, StoreError>> {
         match self {
             Store::Sqlite(s) => s.export(filter, with_raw),
         }

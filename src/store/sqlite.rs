@@ -16,6 +16,8 @@ use super::{
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
 
+/// Rows an export sends across threads at once.
+const EXPORT_BATCH: usize = 512;
 /// Largest number of events committed in one transaction.
 const MAX_GROUP: usize = 2048;
 /// Idle read connections kept open.
@@ -341,8 +343,8 @@ impl SqliteStore {
         &self,
         filter: Filter,
         with_raw: bool,
-    ) -> mpsc::Receiver<Result<ExportRow, StoreError>> {
-        let (tx, rx) = mpsc::channel(512);
+    ) -> mpsc::Receiver<Result<Vec<ExportRow>, StoreError>> {
+        let (tx, rx) = mpsc::channel(4);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let run = || -> Result<(), StoreError> {
@@ -357,6 +359,7 @@ impl SqliteStore {
                 sql.push_str(" ORDER BY date, id");
                 let mut stmt = conn.prepare(&sql)?;
                 let mut rows = stmt.query(params_from_iter(args.iter()))?;
+                let mut batch = Vec::with_capacity(EXPORT_BATCH);
                 while let Some(r) = rows.next()? {
                     let row = ExportRow {
                         seq: r.get(0)?,
@@ -371,10 +374,21 @@ impl SqliteStore {
                         accesses: r.get(9)?,
                         raw: r.get(10)?,
                     };
-                    if tx.blocking_send(Ok(row)).is_err() {
+                    batch.push(row);
+                    if batch.len() == EXPORT_BATCH
+                        && tx
+                            .blocking_send(Ok(std::mem::replace(
+                                &mut batch,
+                                Vec::with_capacity(EXPORT_BATCH),
+                            )))
+                            .is_err()
+                    {
                         // The reader went away (client disconnected): stop the query.
                         return Ok(());
                     }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.blocking_send(Ok(batch));
                 }
                 Ok(())
             };
