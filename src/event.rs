@@ -75,19 +75,6 @@ pub enum EventError {
     WrongType(String),
 }
 
-impl EventError {
-    /// Short reason label used in metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            EventError::Malformed(_) => "malformed_json",
-            EventError::NotObject(_) => "not_object",
-            EventError::MissingId | EventError::BadId => "no_id",
-            EventError::MissingTime => "no_time",
-            EventError::WrongType(_) => "wrong_type",
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct Incoming<'a> {
     #[serde(rename = "_id", borrow)]

@@ -274,11 +274,19 @@ impl Encoder {
     /// Appends one stored event.
     pub fn push(&mut self, row: &ExportRow) -> Result<(), String> {
         self.header()?;
+        // Taken out for the call so rows can be written while it is read.
+        let format = std::mem::replace(&mut self.format, Format::Ndjson);
+        let result = self.encode(&format, row);
+        self.format = format;
+        result
+    }
+
+    fn encode(&mut self, format: &Format, row: &ExportRow) -> Result<(), String> {
         let raw: Value = match &row.raw {
-            Some(r) if self.format.needs_raw() => serde_json::from_str(r).unwrap_or(Value::Null),
+            Some(r) if format.needs_raw() => serde_json::from_str(r).unwrap_or(Value::Null),
             _ => Value::Null,
         };
-        match self.format.clone() {
+        match format {
             Format::Ndjson => {
                 let rep = listing_rep(row.raw.as_deref().unwrap_or("{}"), row.date, &row.id);
                 let line = serde_json::to_vec(&rep).map_err(|e| e.to_string())?;

@@ -211,30 +211,6 @@ fn percent_encode(s: &str, keep: &[u8]) -> String {
     out
 }
 
-/// handlebars.js `escapeExpression`: `& < > " ' \` =`.
-pub fn html_escape(s: &str) -> String {
-    if !s
-        .bytes()
-        .any(|b| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'' | b'`' | b'='))
-    {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            '`' => out.push_str("&#x60;"),
-            '=' => out.push_str("&#x3D;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Object keys in JavaScript's `Object.keys` order: array-index keys ascending first, then
 /// the others in insertion order.
 pub fn js_key_order(map: &serde_json::Map<String, Value>) -> Vec<&String> {
