@@ -61,28 +61,35 @@ fn assert_exact(db: &std::path::Path, data: &[Value]) {
     assert_eq!(got.len(), data.len());
 }
 
+/// Backfills `data`, served by a fake with `cfg`, into a fresh store. Returns the summary,
+/// the database file (kept while the directory lives) and the fake.
+async fn backfill_fresh(
+    data: &[Value],
+    cfg: FakeConfig,
+    opts: Options,
+) -> (
+    backfill::Summary,
+    std::path::PathBuf,
+    tempfile::TempDir,
+    FakeLd,
+) {
+    let fake = FakeLd::start(data, cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, db) = open_store(&dir).await;
+    let summary = backfill::run(&store, &client(&fake), opts).await.unwrap();
+    store.close().await;
+    (summary, db, dir, fake)
+}
+
 #[tokio::test]
 async fn backfills_every_entry_once_with_a_burst_of_35_in_one_millisecond() {
     let data = entries(1000, START, 1000, &[(100, 35), (600, 21)]);
-    let fake = FakeLd::start(&data, FakeConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open_store(&dir).await;
-    let summary = backfill::run(
-        &store,
-        &client(&fake),
-        Options {
-            concurrency: 8,
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
-    store.close().await;
+    let opts = Options {
+        concurrency: 8,
+        ..Options::default()
+    };
+    let (summary, db, _dir, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
     assert_exact(&db, &data);
-    assert_eq!(
-        summary.new + summary.duplicates,
-        summary.new + summary.duplicates
-    );
     assert_eq!(summary.new, 1000);
     assert_eq!(summary.invalid, 0);
     assert_eq!(summary.truncated_bursts, 0);
@@ -107,20 +114,11 @@ async fn exact_under_500s_503s_dropped_connections_and_rate_limits() {
         budget: Some((12, Duration::from_millis(400))),
         ..FakeConfig::default()
     };
-    let fake = FakeLd::start(&data, cfg).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open_store(&dir).await;
-    let summary = backfill::run(
-        &store,
-        &client(&fake),
-        Options {
-            concurrency: 6,
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
-    store.close().await;
+    let opts = Options {
+        concurrency: 6,
+        ..Options::default()
+    };
+    let (summary, db, _dir, fake) = backfill_fresh(&data, cfg, opts).await;
     assert_exact(&db, &data);
     assert!(summary.retries > 0, "{summary}");
     assert!(
@@ -135,27 +133,15 @@ async fn exact_under_500s_503s_dropped_connections_and_rate_limits() {
 #[tokio::test]
 async fn pages_by_before_when_the_api_gives_no_next_links() {
     let data = entries(500, START, 40, &[(30, 15), (200, 19), (333, 2)]);
-    let fake = FakeLd::start(
-        &data,
-        FakeConfig {
-            next_links: false,
-            ..FakeConfig::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open_store(&dir).await;
-    let summary = backfill::run(
-        &store,
-        &client(&fake),
-        Options {
-            concurrency: 4,
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
-    store.close().await;
+    let cfg = FakeConfig {
+        next_links: false,
+        ..FakeConfig::default()
+    };
+    let opts = Options {
+        concurrency: 4,
+        ..Options::default()
+    };
+    let (summary, db, _dir, _fake) = backfill_fresh(&data, cfg, opts).await;
     assert_exact(&db, &data);
     assert_eq!(summary.truncated_bursts, 0);
 }
@@ -164,27 +150,15 @@ async fn pages_by_before_when_the_api_gives_no_next_links() {
 async fn a_burst_larger_than_a_page_without_next_links_is_reported() {
     // 25 entries in one millisecond cannot all be reached by `before`/`after` alone.
     let data = entries(60, START, 10, &[(10, 25)]);
-    let fake = FakeLd::start(
-        &data,
-        FakeConfig {
-            next_links: false,
-            ..FakeConfig::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open_store(&dir).await;
-    let summary = backfill::run(
-        &store,
-        &client(&fake),
-        Options {
-            concurrency: 1,
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
-    store.close().await;
+    let cfg = FakeConfig {
+        next_links: false,
+        ..FakeConfig::default()
+    };
+    let opts = Options {
+        concurrency: 1,
+        ..Options::default()
+    };
+    let (summary, db, _dir, _fake) = backfill_fresh(&data, cfg, opts).await;
     assert!(summary.truncated_bursts >= 1, "{summary}");
     assert_eq!(ids_in(&db).len() as u64, summary.new);
     assert!(summary.new >= 55, "{summary}");
@@ -193,9 +167,6 @@ async fn a_burst_larger_than_a_page_without_next_links_is_reported() {
 #[tokio::test]
 async fn bounds_are_exclusive() {
     let data = entries(100, START, 1000, &[]);
-    let fake = FakeLd::start(&data, FakeConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open_store(&dir).await;
     let (after, before) = (START - 60_000, START - 10_000);
     let opts = Options {
         after: Some(after),
@@ -203,8 +174,7 @@ async fn bounds_are_exclusive() {
         concurrency: 3,
         ..Options::default()
     };
-    backfill::run(&store, &client(&fake), opts).await.unwrap();
-    store.close().await;
+    let (_, db, _dir, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
     let want: Vec<Value> = data
         .iter()
         .filter(|e| e["date"].as_i64().unwrap() > after && e["date"].as_i64().unwrap() < before)
@@ -256,9 +226,6 @@ async fn stops_at_once_on_a_bad_token_and_on_400() {
 #[tokio::test]
 async fn a_policy_keeps_what_the_hook_would_have_delivered() {
     let data = entries(200, START, 1000, &[]);
-    let fake = FakeLd::start(&data, FakeConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open_store(&dir).await;
     let policy = Policy::parse(
         r#"[{"effect":"allow","actions":["*"],"resources":["proj/*:env/production:flag/*"]},
             {"effect":"deny","actions":["createFlag"],"resources":["proj/*:env/*:flag/*"]}]"#,
@@ -273,17 +240,11 @@ async fn a_policy_keeps_what_the_hook_would_have_delivered() {
         })
         .cloned()
         .collect();
-    let summary = backfill::run(
-        &store,
-        &client(&fake),
-        Options {
-            policy: Some(policy),
-            ..Options::default()
-        },
-    )
-    .await
-    .unwrap();
-    store.close().await;
+    let opts = Options {
+        policy: Some(policy),
+        ..Options::default()
+    };
+    let (summary, db, _dir, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
     assert_exact(&db, &want);
     // Overlapping windows may see an entry twice, so the count of filtered sightings is a floor.
     assert!(summary.filtered as usize >= 200 - want.len(), "{summary}");
