@@ -22,9 +22,20 @@ pub struct Config {
         long,
         env = "AUDITHOOK_DATABASE_URL",
         default_value = "sqlite://audithook.db",
+        hide_env_values = true,
         global = true
     )]
     pub database_url: String,
+
+    /// Connections each instance keeps to Postgres at most (ignored for SQLite).
+    #[arg(
+        long,
+        env = "AUDITHOOK_DATABASE_MAX_CONNECTIONS",
+        default_value_t = crate::store::Store::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(2..=1000),
+        global = true
+    )]
+    pub database_max_connections: u32,
 
     /// Bearer token the hook must present; generated and kept in the store when unset.
     #[arg(long, env = "AUDITHOOK_HOOK_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
@@ -100,6 +111,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: database_url.into(),
+            database_max_connections: crate::store::Store::DEFAULT_MAX_CONNECTIONS,
             hook_token: None,
             hook_basic: None,
             hook_secret: None,

@@ -148,7 +148,12 @@ fn decode_digest(hex_digest: &str) -> anyhow::Result<auth::SecretDigest> {
 /// Builds the shared state: opens the store and resolves every credential.
 pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(&cfg.database_url, metrics.clone()).await?;
+    let store = Store::open_with(
+        &cfg.database_url,
+        cfg.database_max_connections,
+        metrics.clone(),
+    )
+    .await?;
     let hook_token = resolve_token(
         &store,
         cfg.hook_token.as_ref(),

@@ -144,7 +144,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url, std::sync::Arc::new(Metrics::new())).await?;
+    let store = Store::open_with(
+        &config.database_url,
+        config.database_max_connections,
+        std::sync::Arc::new(Metrics::new()),
+    )
+    .await?;
     store.close().await;
     tracing::info!(database = %audithook::config::redact_url(&config.database_url), "migrations applied");
     Ok(())
@@ -187,8 +192,12 @@ async fn preview(mut config: Config, args: PreviewArgs) -> anyhow::Result<()> {
     let payload = match (&args.context, &args.event) {
         (Some(file), _) => read_json_file(file)?,
         (None, Some(id)) => {
-            let store =
-                Store::open(&config.database_url, std::sync::Arc::new(Metrics::new())).await?;
+            let store = Store::open_with(
+                &config.database_url,
+                config.database_max_connections,
+                std::sync::Arc::new(Metrics::new()),
+            )
+            .await?;
             let row = store.get(id).await?;
             store.close().await;
             let row = row.ok_or_else(|| anyhow::anyhow!("no stored event with _id {id:?}"))?;
@@ -239,7 +248,12 @@ async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
         anyhow::ensure!(a < b, "--after must be earlier than --before");
     }
     let client = LdClient::new(&config.ld_base_url, token)?;
-    let store = Store::open(&config.database_url, std::sync::Arc::new(Metrics::new())).await?;
+    let store = Store::open_with(
+        &config.database_url,
+        config.database_max_connections,
+        std::sync::Arc::new(Metrics::new()),
+    )
+    .await?;
     let opts = Options {
         after: args.after,
         before: args.before,
@@ -284,7 +298,12 @@ async fn export(config: Config, args: ExportArgs) -> anyhow::Result<()> {
         actions: args.action,
         ..Default::default()
     };
-    let store = Store::open(&config.database_url, std::sync::Arc::new(Metrics::new())).await?;
+    let store = Store::open_with(
+        &config.database_url,
+        config.database_max_connections,
+        std::sync::Arc::new(Metrics::new()),
+    )
+    .await?;
     let bar = match &args.output {
         Some(_) if std::io::stderr().is_terminal() => {
             let total = store.count(&filter).await?;

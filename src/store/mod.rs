@@ -1,6 +1,7 @@
 //! The store: one write path (group commit, dedupe by `_id`) and one query path for every
 //! reader. No SQL outside this module.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crate::event::NewEvent;
@@ -19,6 +20,8 @@ pub enum Inserted {
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
     #[error("the store is shut down")]
     Closed,
     #[error("{0}")]
@@ -102,20 +105,32 @@ pub struct BackfillJob {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(Arc<sqlite::SqliteStore>),
+    Postgres(Arc<postgres::PgStore>),
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the store named by `url`.
+    /// Connections a Postgres pool keeps at most, unless configured.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
+    /// [`Store::open_with`] with the default pool size.
     pub async fn open(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
+        Self::open_with(url, Self::DEFAULT_MAX_CONNECTIONS, metrics).await
+    }
+
+    /// `max_connections` bounds a Postgres pool.
+    pub async fn open_with(
+        url: &str,
+        max_connections: u32,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Store> {
         if let Some(path) = sqlite::path_from_url(url) {
             let store = sqlite::SqliteStore::open(&path, metrics).await?;
             return Ok(Store::Sqlite(Arc::new(store)));
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            anyhow::bail!(
-                "database {}: the Postgres backend is not available in this build; use sqlite://PATH",
-                crate::config::redact_url(url)
-            );
+        if postgres::is_postgres_url(url) {
+            let store = postgres::PgStore::open(url, max_connections, metrics).await?;
+            return Ok(Store::Postgres(Arc::new(store)));
         }
         anyhow::bail!(
             "database {}: unsupported URL; expected sqlite://PATH or postgres://...",
@@ -128,6 +143,7 @@ impl Store {
     pub async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         match self {
             Store::Sqlite(s) => s.insert(event).await,
+            Store::Postgres(s) => s.insert(event).await,
         }
     }
 
@@ -135,6 +151,7 @@ impl Store {
     pub async fn insert_many(&self, events: Vec<NewEvent>) -> Result<Vec<Inserted>, StoreError> {
         match self {
             Store::Sqlite(s) => s.insert_many(events).await,
+            Store::Postgres(s) => s.insert_many(events).await,
         }
     }
 
@@ -142,6 +159,7 @@ impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         match self {
             Store::Sqlite(s) => s.get(id.to_owned()).await,
+            Store::Postgres(s) => s.get(id).await,
         }
     }
 
@@ -154,6 +172,7 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_newest(filter.clone(), cursor.cloned(), limit).await,
+            Store::Postgres(s) => s.list_newest(filter, cursor, limit).await,
         }
     }
 
@@ -161,6 +180,7 @@ impl Store {
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         match self {
             Store::Sqlite(s) => s.setting(key.to_owned()).await,
+            Store::Postgres(s) => s.setting(key).await,
         }
     }
 
@@ -175,6 +195,7 @@ impl Store {
                 s.setting_insert_if_absent(key.to_owned(), value.to_owned())
                     .await
             }
+            Store::Postgres(s) => s.setting_insert_if_absent(key, value).await,
         }
     }
 
@@ -188,6 +209,7 @@ impl Store {
     ) -> tokio::sync::mpsc::Receiver<Result<Vec<ExportRow>, StoreError>> {
         match self {
             Store::Sqlite(s) => s.export(filter, with_raw),
+            Store::Postgres(s) => s.export(filter, with_raw),
         }
     }
 
@@ -195,6 +217,7 @@ impl Store {
     pub async fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.count(filter.clone()).await,
+            Store::Postgres(s) => s.count(filter).await,
         }
     }
 
@@ -207,6 +230,7 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         match self {
             Store::Sqlite(s) => s.queue_take(name.to_owned(), limit).await,
+            Store::Postgres(s) => s.queue_take(name, limit).await,
         }
     }
 
@@ -214,6 +238,7 @@ impl Store {
     pub async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
         match self {
             Store::Sqlite(s) => s.newest_date().await,
+            Store::Postgres(s) => s.newest_date().await,
         }
     }
 
@@ -229,6 +254,7 @@ impl Store {
                 s.backfill_open(after, before, spec.map(str::to_owned))
                     .await
             }
+            Store::Postgres(s) => s.backfill_open(after, before, spec).await,
         }
     }
 
@@ -244,6 +270,7 @@ impl Store {
                 s.backfill_create(after, before, spec.map(str::to_owned))
                     .await
             }
+            Store::Postgres(s) => s.backfill_create(after, before, spec).await,
         }
     }
 
@@ -255,6 +282,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.backfill_save_window(job, window).await,
+            Store::Postgres(s) => s.backfill_save_window(job, window).await,
         }
     }
 
@@ -262,6 +290,40 @@ impl Store {
     pub async fn backfill_finish(&self, job: i64) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.backfill_finish(job).await,
+            Store::Postgres(s) => s.backfill_finish(job).await,
+        }
+    }
+
+    /// Takes or renews lease `name` for `holder` until `ttl` from now, unless another
+    /// holder's lease on it is still running; returns whether `holder` now holds it.
+    pub async fn lease_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.lease_acquire(name.to_owned(), holder.to_owned(), ttl)
+                    .await
+            }
+            Store::Postgres(s) => s.lease_acquire(name, holder, ttl).await,
+        }
+    }
+
+    /// Gives lease `name` up, if `holder` holds it.
+    pub async fn lease_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.lease_release(name.to_owned(), holder.to_owned()).await,
+            Store::Postgres(s) => s.lease_release(name, holder).await,
+        }
+    }
+
+    /// Which backend this is (`sqlite` or `postgres`).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
         }
     }
 
@@ -269,6 +331,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.ping().await,
+            Store::Postgres(s) => s.ping().await,
         }
     }
 
@@ -276,6 +339,7 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 }

@@ -41,6 +41,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         20261122020000,
         include_str!("../../migrations/sqlite/20261122020000_search.sql"),
     ),
+    (
+        20261122030000,
+        include_str!("../../migrations/sqlite/20261122030000_leases.sql"),
+    ),
 ];
 
 const INSERT_SQL: &str = "INSERT INTO events (id, date, kind, name, title, member_id, member_email, \
@@ -444,6 +448,43 @@ impl SqliteStore {
     pub(super) async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
         self.read(|c| c.query_row("SELECT max(date) FROM events", [], |r| r.get(0)))
             .await
+    }
+
+    pub(super) async fn lease_acquire(
+        &self,
+        name: String,
+        holder: String,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.side(move |conn| {
+            let now = now_ms();
+            conn.query_row(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE leases.holder = excluded.holder OR leases.expires_at < ?4 \
+                 RETURNING holder",
+                params![name, holder, now + ttl.as_millis() as i64, now],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+        })
+        .await
+    }
+
+    pub(super) async fn lease_release(
+        &self,
+        name: String,
+        holder: String,
+    ) -> Result<(), StoreError> {
+        self.side(move |conn| {
+            conn.execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                params![name, holder],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     pub(super) async fn backfill_open(

@@ -1,0 +1,842 @@
+//! Postgres backend, for several audithook instances sharing one database.
+//!
+//! Each instance runs one writer task that commits whatever requests are queued in one
+//! transaction (group commit) with one multi-row `INSERT .. SELECT FROM unnest(..) ON
+//! CONFLICT (id) DO NOTHING RETURNING id`. The transaction first takes an advisory lock, so
+//! groups from different instances commit one after another: two instances storing the same
+//! events cannot deadlock, and `seq` (arrival order) becomes visible in order, which is what
+//! lets a queue reader on any instance advance past a position without skipping a row that
+//! a slower transaction was about to commit.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, StoreError, StoredEvent,
+};
+use crate::event::NewEvent;
+use crate::metrics::Metrics;
+
+/// Rows an export sends to the encoder at once.
+const EXPORT_BATCH: usize = 512;
+/// Largest number of events committed in one transaction.
+const MAX_GROUP: usize = 2048;
+/// How long a request waits for a pooled connection before the store counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long start-up waits for the first connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Advisory lock serialising event inserts across instances (arbitrary, fixed).
+const INSERT_LOCK: i64 = 0x6175_6469_7468_6b01;
+/// Advisory lock serialising migrations across instances starting together.
+const MIGRATE_LOCK: i64 = 0x6175_6469_7468_6b02;
+
+/// Migrations, applied in order; the version is the file's timestamp.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    20261122100000,
+    include_str!("../../migrations/postgres/20261122100000_init.sql"),
+)];
+
+/// The database's clock in epoch milliseconds (instances' clocks may disagree).
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+enum WriteReq {
+    Insert(
+        Vec<NewEvent>,
+        oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
+    ),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The Postgres store.
+pub struct PgStore {
+    pool: PgPool,
+    writer: mpsc::Sender<WriteReq>,
+}
+
+/// Whether `url` names a Postgres database.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl PgStore {
+    /// Connects (failing with the server's own reason when it cannot), migrates, and starts
+    /// the writer. `max_connections` bounds this instance's pool.
+    pub async fn open(
+        url: &str,
+        max_connections: u32,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let shown = crate::config::redact_url(url);
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| anyhow::anyhow!("database {shown}: {}", redact_error(&e, url)))?;
+        // One direct connection first: a pool would only report a timeout, and the user
+        // needs to know whether the host, the password or the database name is wrong.
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot connect to Postgres database {shown}: no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot connect to Postgres database {shown}: {}",
+                    redact_error(&e, url)
+                )
+            })?;
+        migrate(first)
+            .await
+            .map_err(|e| anyhow::anyhow!("migrating {shown}: {}", redact_error(&e, url)))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(opts);
+        let (tx, rx) = mpsc::channel(8 * MAX_GROUP);
+        tokio::spawn(writer_loop(pool.clone(), rx, metrics));
+        Ok(Self { pool, writer: tx })
+    }
+
+    pub(super) async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
+        let mut out = self.insert_many(vec![event]).await?;
+        out.pop()
+            .ok_or_else(|| StoreError::Other("writer returned no outcome".into()))
+    }
+
+    pub(super) async fn insert_many(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(WriteReq::Insert(events, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) async fn get(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        Ok(
+            sqlx::query("SELECT seq, id, date, raw FROM events WHERE id = $1")
+                .bind(pg_text(id).as_ref())
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| row_to_event(&r))
+                .transpose()?,
+        )
+    }
+
+    pub(super) async fn list_newest(
+        &self,
+        filter: &Filter,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut q = SqlBuilder::new("SELECT seq, id, date, raw FROM events WHERE true");
+        q.filter(filter);
+        if let Some(cur) = cursor {
+            let d = q.arg(Arg::I64(cur.date));
+            let i = q.arg(Arg::Text(pg_text(&cur.id).into_owned()));
+            q.sql.push_str(&format!(" AND (date, id) < (${d}, ${i})"));
+        }
+        let l = q.arg(Arg::I64(limit as i64));
+        q.sql
+            .push_str(&format!(" ORDER BY date DESC, id DESC LIMIT ${l}"));
+        let rows = q.query().fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(row_to_event)
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub(super) async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn setting_insert_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) fn export(
+        &self,
+        filter: Filter,
+        with_raw: bool,
+    ) -> mpsc::Receiver<Result<Vec<ExportRow>, StoreError>> {
+        let (tx, rx) = mpsc::channel(4);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let run = async {
+                let mut q = SqlBuilder::new(if with_raw {
+                    "SELECT seq, id, date, kind, name, title, member_id, member_email, token_id, accesses, raw FROM events WHERE true"
+                } else {
+                    "SELECT seq, id, date, kind, name, title, member_id, member_email, token_id, accesses, NULL::text AS raw FROM events WHERE true"
+                });
+                q.filter(&filter);
+                q.sql.push_str(" ORDER BY date, id");
+                let mut rows = q.query().fetch(&pool);
+                let mut batch = Vec::with_capacity(EXPORT_BATCH);
+                while let Some(r) = rows.try_next().await? {
+                    batch.push(ExportRow {
+                        seq: r.try_get(0)?,
+                        id: r.try_get(1)?,
+                        date: r.try_get(2)?,
+                        kind: r.try_get(3)?,
+                        name: r.try_get(4)?,
+                        title: r.try_get(5)?,
+                        member_id: r.try_get(6)?,
+                        member_email: r.try_get(7)?,
+                        token_id: r.try_get(8)?,
+                        accesses: r.try_get(9)?,
+                        raw: r.try_get(10)?,
+                    });
+                    if batch.len() == EXPORT_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH));
+                        if tx.send(Ok(full)).await.is_err() {
+                            // The reader went away (client disconnected): stop the query.
+                            return Ok(());
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(Ok(batch)).await;
+                }
+                Ok::<(), StoreError>(())
+            };
+            if let Err(e) = run.await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+
+    pub(super) async fn count(&self, filter: &Filter) -> Result<u64, StoreError> {
+        let mut q = SqlBuilder::new("SELECT count(*) FROM events WHERE true");
+        q.filter(filter);
+        let n: i64 = q.query().fetch_one(&self.pool).await?.try_get(0)?;
+        Ok(n as u64)
+    }
+
+    pub(super) async fn queue_take(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The consumer's row is the lock: concurrent takes for one consumer, on any instance,
+        // run one after another.
+        sqlx::query(&format!(
+            "INSERT INTO consumers (name, position, updated_at) VALUES ($1, 0, {NOW_MS}) \
+             ON CONFLICT (name) DO NOTHING"
+        ))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        let position: i64 =
+            sqlx::query_scalar("SELECT position FROM consumers WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT seq, id, date, raw FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(position)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(row_to_event)
+        .collect::<Result<Vec<_>, _>>()?;
+        if let Some(last) = rows.last() {
+            sqlx::query(&format!(
+                "UPDATE consumers SET position = $2, updated_at = {NOW_MS} WHERE name = $1"
+            ))
+            .bind(name)
+            .bind(last.seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    pub(super) async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT max(date) FROM events")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub(super) async fn lease_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, {NOW_MS} + $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < {NOW_MS} \
+             RETURNING holder"
+        ))
+        .bind(name)
+        .bind(holder)
+        .bind(ttl.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    pub(super) async fn lease_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn backfill_open(
+        &self,
+        after: Option<i64>,
+        before: Option<i64>,
+        spec: Option<&str>,
+    ) -> Result<Option<BackfillJob>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM backfill_jobs WHERE finished_at IS NULL \
+             AND requested_after IS NOT DISTINCT FROM $1 AND requested_before IS NOT DISTINCT FROM $2 \
+             AND spec IS NOT DISTINCT FROM $3 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(after)
+        .bind(before)
+        .bind(spec)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(id) = id else { return Ok(None) };
+        let windows = sqlx::query(
+            "SELECT idx, after_ms, before_ms, next_href, done FROM backfill_windows \
+             WHERE job_id = $1 ORDER BY idx",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(BackfillWindow {
+                idx: r.try_get(0)?,
+                after: r.try_get(1)?,
+                before: r.try_get(2)?,
+                next_href: r.try_get(3)?,
+                done: r.try_get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Some(BackfillJob { id, windows }))
+    }
+
+    pub(super) async fn backfill_create(
+        &self,
+        after: Option<i64>,
+        before: Option<i64>,
+        spec: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "INSERT INTO backfill_jobs (requested_after, requested_before, spec, created_at) \
+             VALUES ($1, $2, $3, {NOW_MS}) RETURNING id"
+        ))
+        .bind(after)
+        .bind(before)
+        .bind(spec)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn backfill_save_window(
+        &self,
+        job: i64,
+        w: BackfillWindow,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO backfill_windows (job_id, idx, after_ms, before_ms, next_href, done) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id, idx) DO UPDATE SET \
+             after_ms = excluded.after_ms, before_ms = excluded.before_ms, \
+             next_href = excluded.next_href, done = excluded.done",
+        )
+        .bind(job)
+        .bind(w.idx)
+        .bind(w.after)
+        .bind(w.before)
+        .bind(w.next_href)
+        .bind(w.done)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn backfill_finish(&self, job: i64) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE backfill_jobs SET finished_at = {NOW_MS} WHERE id = $1"
+        ))
+        .bind(job)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(super) async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriteReq::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        self.pool.close().await;
+    }
+}
+
+/// `err`'s message with the URL's password, should it appear, replaced.
+fn redact_error(err: &dyn std::fmt::Display, url: &str) -> String {
+    let msg = err.to_string();
+    match password_of(url) {
+        Some(pw) if !pw.is_empty() => msg.replace(&pw, "***"),
+        _ => msg,
+    }
+}
+
+fn password_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    Some(userinfo.split_once(':')?.1.to_owned())
+}
+
+async fn migrate(mut conn: sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    // Instances starting together migrate one at a time; the others then find it done.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut conn)
+        .await?;
+    let result = async {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS _migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut conn)
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            let done: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _migrations WHERE version = $1)")
+                    .bind(version)
+                    .fetch_one(&mut conn)
+                    .await?;
+            if done {
+                continue;
+            }
+            let mut tx = conn.begin().await?;
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query(&format!(
+                "INSERT INTO _migrations (version, applied_at) VALUES ($1, {NOW_MS})"
+            ))
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::info!(version, "applied migration");
+        }
+        Ok::<(), sqlx::Error>(())
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    result
+}
+
+/// Postgres text cannot hold U+0000; the derived columns get U+FFFD instead (the raw body,
+/// being JSON, never holds a bare NUL).
+fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn row_to_event(r: &PgRow) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        seq: r.try_get(0)?,
+        id: r.try_get(1)?,
+        date: r.try_get(2)?,
+        raw: r.try_get(3)?,
+    })
+}
+
+/// One bound parameter.
+enum Arg {
+    I64(i64),
+    Text(String),
+    Texts(Vec<String>),
+}
+
+/// A query with numbered parameters, built from the shared filters.
+struct SqlBuilder {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl SqlBuilder {
+    fn new(head: &str) -> Self {
+        Self {
+            sql: head.to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter; returns its number.
+    fn arg(&mut self, a: Arg) -> usize {
+        self.args.push(a);
+        self.args.len()
+    }
+
+    /// Appends the shared filters as `AND ...` clauses.
+    fn filter(&mut self, f: &Filter) {
+        if let Some(before) = f.before {
+            let n = self.arg(Arg::I64(before));
+            self.sql.push_str(&format!(" AND date < ${n}"));
+        }
+        if let Some(after) = f.after {
+            let n = self.arg(Arg::I64(after));
+            self.sql.push_str(&format!(" AND date > ${n}"));
+        }
+        if let Some(q) = &f.q {
+            // `search` is lower-cased text; LIKE lets the trigram index narrow the rows.
+            let n = self.arg(Arg::Text(format!(
+                "%{}%",
+                escape_like(&pg_text(&q.to_lowercase()))
+            )));
+            self.sql.push_str(&format!(" AND search LIKE ${n}"));
+        }
+        if let Some(spec) = &f.spec {
+            let n = self.arg(Arg::Text(spec_regex(spec)));
+            self.sql.push_str(&format!(" AND resources ~ ${n}"));
+        }
+        let texts = |v: &[String]| Arg::Texts(v.iter().map(|s| pg_text(s).into_owned()).collect());
+        if !f.members.is_empty() {
+            let n = self.arg(texts(&f.members));
+            self.sql.push_str(&format!(
+                " AND (member_id = ANY(${n}) OR member_email = ANY(${n}))"
+            ));
+        }
+        if !f.tokens.is_empty() {
+            let n = self.arg(texts(&f.tokens));
+            self.sql.push_str(&format!(" AND token_id = ANY(${n})"));
+        }
+        if !f.kinds.is_empty() {
+            let n = self.arg(texts(&f.kinds));
+            self.sql.push_str(&format!(" AND kind = ANY(${n})"));
+        }
+        if !f.actions.is_empty() {
+            let n = self.arg(texts(&f.actions));
+            self.sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM jsonb_array_elements(accesses::jsonb) a WHERE a->>'action' = ANY(${n}))"
+            ));
+        }
+    }
+
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        let mut q = sqlx::query(&self.sql);
+        for a in &self.args {
+            q = match a {
+                Arg::I64(v) => q.bind(*v),
+                Arg::Text(v) => q.bind(v.as_str()),
+                Arg::Texts(v) => q.bind(v.as_slice()),
+            };
+        }
+        q
+    }
+}
+
+/// `s` with LIKE's wildcards and escape character escaped.
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A regular expression over newline-separated, tag-free resource lines that matches
+/// exactly where [`crate::event::spec_matches`] does: the glob (`*` is any run within one
+/// resource) matches a whole resource or a prefix of it that ends before a `:`.
+pub(crate) fn spec_regex(spec: &str) -> String {
+    let pattern = crate::event::strip_tags(spec);
+    let mut re = String::from("(^|\n)");
+    for c in pattern.chars() {
+        if c == '*' {
+            re.push_str("[^\n]*");
+        } else if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            re.push('\\');
+            re.push(c);
+        } else {
+            re.push(c);
+        }
+    }
+    re.push_str("(:[^\n]*)?(\n|$)");
+    re
+}
+
+/// The resource lines as the `resources` column keeps them (tags removed).
+fn resources_column(resources: &str) -> String {
+    let lines: Vec<Cow<'_, str>> = resources
+        .split('\n')
+        .map(crate::event::strip_tags)
+        .collect();
+    pg_text(&lines.join("\n")).into_owned()
+}
+
+/// The writer: takes every request queued, commits them in one transaction, answers each.
+async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<WriteReq>, metrics: Arc<Metrics>) {
+    let mut group: Group = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut queued = Some(first);
+        let mut events = 0;
+        let mut shutdown = None;
+        while let Some(req) = queued.take() {
+            match req {
+                WriteReq::Insert(evs, reply) => {
+                    events += evs.len();
+                    group.push((evs, reply));
+                }
+                WriteReq::Shutdown(ack) => {
+                    shutdown = Some(ack);
+                    break;
+                }
+            }
+            if events < MAX_GROUP {
+                queued = rx.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            commit_group(&pool, &mut group, &metrics).await;
+        }
+        if let Some(ack) = shutdown {
+            rx.close();
+            while let Ok(WriteReq::Insert(evs, reply)) = rx.try_recv() {
+                group.push((evs, reply));
+            }
+            if !group.is_empty() {
+                commit_group(&pool, &mut group, &metrics).await;
+            }
+            let _ = ack.send(());
+            return;
+        }
+    }
+}
+
+type Group = Vec<(
+    Vec<NewEvent>,
+    oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
+)>;
+
+async fn commit_group(pool: &PgPool, group: &mut Group, metrics: &Metrics) {
+    let total: usize = group.iter().map(|(e, _)| e.len()).sum();
+    let all: Vec<&NewEvent> = group.iter().flat_map(|(e, _)| e.iter()).collect();
+    match insert_all(pool, &all).await {
+        Ok(stored) => {
+            metrics.commit_group_size.observe(total as f64);
+            let mut stored = stored;
+            for (events, reply) in group.drain(..) {
+                let out = events
+                    .iter()
+                    .map(|e| {
+                        // The first of several requests carrying one `_id` stored it.
+                        if stored.remove(pg_text(&e.id).as_ref()) {
+                            Inserted::Stored
+                        } else {
+                            Inserted::Duplicate
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(Ok(out));
+            }
+        }
+        Err(e) if group.len() > 1 && !is_connection_error(&e) => {
+            // One request's failure must not fail the others: commit each on its own.
+            tracing::warn!(error = %e, "group commit failed; retrying requests one by one");
+            for (events, reply) in group.drain(..) {
+                let refs: Vec<&NewEvent> = events.iter().collect();
+                let out = insert_all(pool, &refs)
+                    .await
+                    .map(|mut stored| {
+                        metrics.commit_group_size.observe(events.len() as f64);
+                        events
+                            .iter()
+                            .map(|e| {
+                                if stored.remove(pg_text(&e.id).as_ref()) {
+                                    Inserted::Stored
+                                } else {
+                                    Inserted::Duplicate
+                                }
+                            })
+                            .collect()
+                    })
+                    .map_err(StoreError::from);
+                let _ = reply.send(out);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed");
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(StoreError::Other(e.to_string())));
+            }
+        }
+    }
+}
+
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+    )
+}
+
+/// Inserts the events in one transaction; returns the `_id`s newly stored.
+async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<String>, sqlx::Error> {
+    let n = events.len();
+    let mut id = Vec::with_capacity(n);
+    let mut date = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut name = Vec::with_capacity(n);
+    let mut title = Vec::with_capacity(n);
+    let mut member_id = Vec::with_capacity(n);
+    let mut member_email = Vec::with_capacity(n);
+    let mut token_id = Vec::with_capacity(n);
+    let mut accesses = Vec::with_capacity(n);
+    let mut resources = Vec::with_capacity(n);
+    let mut search = Vec::with_capacity(n);
+    let mut source = Vec::with_capacity(n);
+    let mut raw = Vec::with_capacity(n);
+    let mut seen = HashSet::with_capacity(n);
+    for e in events {
+        let key = pg_text(&e.id).into_owned();
+        // Within one statement, a repeated `_id` is simply a duplicate.
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        id.push(key);
+        date.push(e.date);
+        kind.push(pg_text(&e.kind).into_owned());
+        name.push(pg_text(&e.name).into_owned());
+        title.push(pg_text(&e.title).into_owned());
+        member_id.push(e.member_id.as_deref().map(|s| pg_text(s).into_owned()));
+        member_email.push(e.member_email.as_deref().map(|s| pg_text(s).into_owned()));
+        token_id.push(e.token_id.as_deref().map(|s| pg_text(s).into_owned()));
+        accesses.push(pg_text(&e.accesses).into_owned());
+        resources.push(resources_column(&e.resources));
+        search.push(pg_text(&e.search).into_owned());
+        source.push(e.source.as_str());
+        raw.push(pg_text(&e.raw).into_owned());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(INSERT_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let stored: Vec<String> = sqlx::query_scalar(&format!(
+        "INSERT INTO events (id, date, kind, name, title, member_id, member_email, token_id, \
+         accesses, resources, search, source, received_at, raw) \
+         SELECT id, date, kind, name, title, member_id, member_email, token_id, accesses, \
+         resources, search, source, {NOW_MS}, raw \
+         FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) \
+         AS t (id, date, kind, name, title, member_id, member_email, token_id, accesses, \
+         resources, search, source, raw) \
+         ON CONFLICT (id) DO NOTHING RETURNING id"
+    ))
+    .bind(&id)
+    .bind(&date)
+    .bind(&kind)
+    .bind(&name)
+    .bind(&title)
+    .bind(&member_id)
+    .bind(&member_email)
+    .bind(&token_id)
+    .bind(&accesses)
+    .bind(&resources)
+    .bind(&search)
+    .bind(&source)
+    .bind(&raw)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(stored.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_regex_escapes_and_anchors() {
+        assert_eq!(
+            spec_regex("proj/*;ops:env/a.b"),
+            "(^|\n)proj\\/[^\n]*\\:env\\/a\\.b(:[^\n]*)?(\n|$)"
+        );
+    }
+
+    #[test]
+    fn like_escapes_wildcards() {
+        assert_eq!(escape_like(r"50%_a\b"), r"50\%\_a\\b");
+    }
+
+    #[test]
+    fn password_is_redacted_from_messages() {
+        let url = "postgres://app:s3cret@db/audit";
+        assert_eq!(
+            redact_error(&"bad s3cret here", url),
+            "bad *** here".to_owned()
+        );
+        assert_eq!(password_of("postgres://app@db/x"), None);
+    }
+}
