@@ -169,3 +169,85 @@ pub fn rest_entry(id: &str, ms: i64, name: &str, resource: &str, member: &str) -
         "target": {"name": name, "resources": [resource]}
     })
 }
+
+/// A fresh, empty database for one test: a SQLite file in a temporary directory, or a new
+/// database on the Postgres server named by `AUDITHOOK_TEST_POSTGRES_URL`.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    /// For Postgres: the admin URL and the database's name, to drop it afterwards.
+    pg: Option<(String, String)>,
+}
+
+/// Why Postgres tests are skipped, or `None` when they run. With `AUDITHOOK_REQUIRE_POSTGRES`
+/// set (as CI sets it), a missing server fails the test instead.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("AUDITHOOK_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("AUDITHOOK_REQUIRE_POSTGRES").is_none(),
+                "AUDITHOOK_REQUIRE_POSTGRES is set but AUDITHOOK_TEST_POSTGRES_URL is not"
+            );
+            eprintln!(
+                "skipping the Postgres case: AUDITHOOK_TEST_POSTGRES_URL is not set \
+                 (eval \"$(.ci/postgres)\" starts a server and sets it)"
+            );
+            None
+        }
+    }
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        TestDb {
+            url: format!("sqlite://{}", dir.path().join("audithook.db").display()),
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    /// A new database on the test Postgres server, or `None` (with a message) without one.
+    pub async fn postgres() -> Option<TestDb> {
+        use sqlx::Connection;
+        let admin = postgres_url()?;
+        let name = format!("audithook_t_{:016x}", rand::random::<u64>());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect to AUDITHOOK_TEST_POSTGRES_URL");
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let (base, _) = admin.rsplit_once('/').expect("URL has a database path");
+        Some(TestDb {
+            url: format!("{base}/{name}"),
+            _dir: None,
+            pg: Some((admin, name)),
+        })
+    }
+
+    /// Opens the store (migrating it), as `serve` does.
+    pub async fn open(&self) -> audithook::store::Store {
+        audithook::store::Store::open(
+            &self.url,
+            std::sync::Arc::new(audithook::metrics::Metrics::new()),
+        )
+        .await
+        .expect("store opens")
+    }
+
+    /// Drops a Postgres database (SQLite's directory goes with the value).
+    pub async fn remove(self) {
+        use sqlx::Connection;
+        if let Some((admin, name)) = &self.pg {
+            let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The store suite: every store operation, written once, run against SQLite always and
+//! against Postgres whenever `AUDITHOOK_TEST_POSTGRES_URL` names a server (CI starts one).
+//! Each case gets a fresh database; expected values are exact, so both backends must agree.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use audithook::event::{normalise, NewEvent, Source};
+use audithook::store::{BackfillWindow, Cursor, Filter, Inserted, Store};
+use serde_json::{json, Value};
+
+use crate::helpers::TestDb;
+
+/// Declares each case once per backend: `sqlite::NAME` and `postgres::NAME`.
+macro_rules! store_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let db = crate::helpers::TestDb::sqlite();
+                    super::$case(&db).await;
+                    db.remove().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(db) = crate::helpers::TestDb::postgres().await else { return };
+                    super::$case(&db).await;
+                    db.remove().await;
+                }
+            )*
+        }
+    };
+}
+
+store_suite!(
+    insert_dedupes_within_and_across_groups,
+    concurrent_inserts_of_one_event_store_it_once,
+    get_returns_the_body_byte_for_byte,
+    text_with_nul_is_stored_and_found,
+    paging_is_exact_through_bursts_in_one_millisecond,
+    every_filter_selects_exactly,
+    export_streams_oldest_first_with_filters,
+    queue_delivers_each_event_once_per_consumer,
+    settings_keep_the_first_value,
+    backfill_jobs_resume_and_finish,
+    leases_exclude_other_holders_until_released_or_expired,
+    newest_date_tracks_the_newest_event,
+);
+
+fn event(body: &Value) -> NewEvent {
+    normalise(body.to_string().as_bytes(), Source::Rest).expect("valid event")
+}
+
+fn entry(id: &str, date: i64) -> Value {
+    json!({"_id": id, "date": date, "kind": "flag", "name": format!("flag {id}"), "title": "t"})
+}
+
+fn ids(events: &[audithook::store::StoredEvent]) -> Vec<String> {
+    events.iter().map(|e| e.id.clone()).collect()
+}
+
+async fn insert_dedupes_within_and_across_groups(db: &TestDb) {
+    let store = db.open().await;
+    let out = store
+        .insert_many(vec![
+            event(&entry("x1", 10)),
+            event(&entry("x1", 10)),
+            event(&entry("x2", 11)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        [Inserted::Stored, Inserted::Duplicate, Inserted::Stored]
+    );
+    assert_eq!(
+        store.insert(event(&entry("x2", 11))).await.unwrap(),
+        Inserted::Duplicate
+    );
+    assert_eq!(
+        store.insert(event(&entry("x3", 12))).await.unwrap(),
+        Inserted::Stored
+    );
+    assert_eq!(store.count(&Filter::default()).await.unwrap(), 3);
+    store.close().await;
+}
+
+async fn concurrent_inserts_of_one_event_store_it_once(db: &TestDb) {
+    let store = db.open().await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // Every fourth request also carries a second, distinct event.
+                let mut batch = vec![event(&entry("same", 5))];
+                if i % 4 == 0 {
+                    batch.push(event(&entry(&format!("other{i}"), 6)));
+                }
+                store.insert_many(batch).await.unwrap()
+            })
+        })
+        .collect();
+    let mut stored_same = 0;
+    for t in tasks {
+        let out = t.await.unwrap();
+        stored_same += usize::from(out[0] == Inserted::Stored);
+        if out.len() == 2 {
+            assert_eq!(out[1], Inserted::Stored);
+        }
+    }
+    assert_eq!(stored_same, 1);
+    assert_eq!(store.count(&Filter::default()).await.unwrap(), 11);
+    store.close().await;
+}
+
+async fn get_returns_the_body_byte_for_byte(db: &TestDb) {
+    let store = db.open().await;
+    let body = "{ \"_id\" : \"raw1\",\n\t\"date\":1700000000123, \"name\":\"caf\\u00e9 \u{1F680}\", \"extra\": [1, 2.50, null] }";
+    let e = normalise(body.as_bytes(), Source::Hook).unwrap();
+    store.insert(e).await.unwrap();
+    let got = store.get("raw1").await.unwrap().unwrap();
+    assert_eq!(got.raw, body);
+    assert_eq!(got.date, 1700000000123);
+    assert!(store.get("raw2").await.unwrap().is_none());
+    store.close().await;
+}
+
+async fn text_with_nul_is_stored_and_found(db: &TestDb) {
+    let store = db.open().await;
+    let body = r#"{"_id":"nul1","date":1,"name":"before\u0000after","title":"x"}"#;
+    let e = normalise(body.as_bytes(), Source::Hook).unwrap();
+    assert_eq!(store.insert(e).await.unwrap(), Inserted::Stored);
+    assert_eq!(store.get("nul1").await.unwrap().unwrap().raw, body);
+    let found = store
+        .list_newest(
+            &Filter {
+                q: Some("BEFORE".into()),
+                ..Filter::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), ["nul1"]);
+    store.close().await;
+}
+
+async fn paging_is_exact_through_bursts_in_one_millisecond(db: &TestDb) {
+    let store = db.open().await;
+    // Mixed-case and punctuated ids: their order is bytewise on both backends.
+    let mut all: Vec<(i64, String)> = Vec::new();
+    for i in 0..35 {
+        let prefix = ["A", "b", "_", "Z", "a", "0"][i % 6];
+        all.push((1_000, format!("{prefix}{i:02}")));
+    }
+    for i in 0..25 {
+        all.push((900 + i as i64 * 7, format!("n{i:02}")));
+    }
+    let events: Vec<NewEvent> = all.iter().map(|(d, id)| event(&entry(id, *d))).collect();
+    store.insert_many(events).await.unwrap();
+    all.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| b.1.as_bytes().cmp(a.1.as_bytes()))
+    });
+    let expected: Vec<String> = all.into_iter().map(|(_, id)| id).collect();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = store
+            .list_newest(&Filter::default(), cursor.as_ref(), 7)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        let last = page.last().unwrap();
+        cursor = Some(Cursor {
+            date: last.date,
+            id: last.id.clone(),
+        });
+        seen.extend(ids(&page));
+    }
+    assert_eq!(seen, expected);
+    store.close().await;
+}
+
+/// Five entries that tell each filter apart (see each assertion).
+fn filter_fixture() -> Vec<Value> {
+    let e = |id: &str, date: i64, kind: &str, name: &str, resource: &str, action: &str| {
+        json!({"_id": id, "date": date, "kind": kind, "name": name, "title": "",
+               "accesses": [{"action": action, "resource": resource}]})
+    };
+    let mut a1 = e(
+        "a1",
+        1000,
+        "flag",
+        "Checkout 50% rollout",
+        "proj/default:env/production:flag/checkout",
+        "updateOn",
+    );
+    a1["member"] = json!({"_id": "m1", "email": "alice@example.com"});
+    let mut b2 = e(
+        "B2",
+        1000,
+        "flag",
+        "checkout 500 users",
+        "proj/default:env/test:flag/checkout",
+        "updateFallthrough",
+    );
+    b2["member"] = json!({"_id": "m2", "email": "bob@example.com"});
+    b2["token"] = json!({"_id": "t1", "name": "ci token"});
+    let mut c3 = e(
+        "_c3",
+        1000,
+        "segment",
+        "Beta_testers",
+        "proj/mobile;ops,web:env/production:segment/beta",
+        "createSegment",
+    );
+    c3["token"] = json!({"_id": "t2", "name": "deploy"});
+    let mut d4 = e(
+        "d4",
+        2000,
+        "project",
+        "Mobile",
+        "proj/mobile",
+        "createProject",
+    );
+    d4["member"] = json!({"_id": "m1", "email": "alice@example.com"});
+    let mut e5 = e(
+        "e5",
+        500,
+        "member",
+        "New member",
+        "member/m9",
+        "updateMemberRole",
+    );
+    e5["description"] = json!("betaXtesters");
+    vec![a1, b2, c3, d4, e5]
+}
+
+async fn every_filter_selects_exactly(db: &TestDb) {
+    let store = db.open().await;
+    let events = filter_fixture().iter().map(event).collect();
+    store.insert_many(events).await.unwrap();
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cases: Vec<(&str, Filter, Vec<&str>)> = vec![
+        (
+            "none",
+            Filter::default(),
+            vec!["d4", "a1", "_c3", "B2", "e5"],
+        ),
+        (
+            "q with % is literal",
+            Filter {
+                q: Some("50%".into()),
+                ..Default::default()
+            },
+            vec!["a1"],
+        ),
+        (
+            "q with _ is literal",
+            Filter {
+                q: Some("beta_t".into()),
+                ..Default::default()
+            },
+            vec!["_c3"],
+        ),
+        (
+            "q ignores case",
+            Filter {
+                q: Some("CHECKOUT".into()),
+                ..Default::default()
+            },
+            vec!["a1", "B2"],
+        ),
+        (
+            "q searches member emails and token names",
+            Filter {
+                q: Some("ci tok".into()),
+                ..Default::default()
+            },
+            vec!["B2"],
+        ),
+        (
+            "spec glob",
+            Filter {
+                spec: Some("proj/default:env/production:*".into()),
+                ..Default::default()
+            },
+            vec!["a1"],
+        ),
+        (
+            "spec prefix ends at a colon",
+            Filter {
+                spec: Some("proj/mobile".into()),
+                ..Default::default()
+            },
+            vec!["d4", "_c3"],
+        ),
+        (
+            "spec partial segment",
+            Filter {
+                spec: Some("proj/mob".into()),
+                ..Default::default()
+            },
+            vec![],
+        ),
+        (
+            "spec with tags",
+            Filter {
+                spec: Some("proj/*;ops:env/production".into()),
+                ..Default::default()
+            },
+            vec!["a1", "_c3"],
+        ),
+        (
+            "spec regex characters are literal",
+            Filter {
+                spec: Some("proj/default:env/prod.ction".into()),
+                ..Default::default()
+            },
+            vec![],
+        ),
+        (
+            "spec star",
+            Filter {
+                spec: Some("*".into()),
+                ..Default::default()
+            },
+            vec!["d4", "a1", "_c3", "B2", "e5"],
+        ),
+        (
+            "member by id",
+            Filter {
+                members: s(&["m1"]),
+                ..Default::default()
+            },
+            vec!["d4", "a1"],
+        ),
+        (
+            "member by email",
+            Filter {
+                members: s(&["bob@example.com"]),
+                ..Default::default()
+            },
+            vec!["B2"],
+        ),
+        (
+            "token",
+            Filter {
+                tokens: s(&["t2"]),
+                ..Default::default()
+            },
+            vec!["_c3"],
+        ),
+        (
+            "kinds",
+            Filter {
+                kinds: s(&["segment", "member"]),
+                ..Default::default()
+            },
+            vec!["_c3", "e5"],
+        ),
+        (
+            "actions",
+            Filter {
+                actions: s(&["updateOn", "createProject"]),
+                ..Default::default()
+            },
+            vec!["d4", "a1"],
+        ),
+        (
+            "time range",
+            Filter {
+                before: Some(2000),
+                after: Some(500),
+                ..Default::default()
+            },
+            vec!["a1", "_c3", "B2"],
+        ),
+        (
+            "combined",
+            Filter {
+                q: Some("checkout".into()),
+                kinds: s(&["flag"]),
+                before: Some(1001),
+                members: s(&["m2", "m1"]),
+                ..Default::default()
+            },
+            vec!["a1", "B2"],
+        ),
+    ];
+    for (name, filter, expected) in cases {
+        let got = store.list_newest(&filter, None, 100).await.unwrap();
+        assert_eq!(ids(&got), expected, "{name}");
+        assert_eq!(
+            store.count(&filter).await.unwrap(),
+            expected.len() as u64,
+            "{name}: count"
+        );
+    }
+    store.close().await;
+}
+
+async fn export_streams_oldest_first_with_filters(db: &TestDb) {
+    let store = db.open().await;
+    let events = filter_fixture().iter().map(event).collect();
+    store.insert_many(events).await.unwrap();
+    // Enough rows to cross several batches.
+    let bulk: Vec<NewEvent> = (0..1500)
+        .map(|i| event(&entry(&format!("bulk{i:05}"), 3000 + i / 3)))
+        .collect();
+    store.insert_many(bulk).await.unwrap();
+
+    let collect = |filter: Filter, with_raw: bool| {
+        let mut rx = store.export(filter, with_raw);
+        async move {
+            let mut rows = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                rows.extend(batch.unwrap());
+            }
+            rows
+        }
+    };
+    let flags = collect(
+        Filter {
+            kinds: vec!["flag".into()],
+            before: Some(3000),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let got: Vec<&str> = flags.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, ["B2", "a1"]);
+    assert_eq!(flags[0].member_email.as_deref(), Some("bob@example.com"));
+    assert_eq!(flags[0].token_id.as_deref(), Some("t1"));
+    assert_eq!(
+        flags[0].accesses,
+        r#"[{"action":"updateFallthrough","resource":"proj/default:env/test:flag/checkout"}]"#
+    );
+    assert_eq!(
+        flags[1].raw.as_deref(),
+        Some(filter_fixture()[0].to_string().as_str())
+    );
+
+    let all = collect(Filter::default(), false).await;
+    assert_eq!(all.len(), 1505);
+    assert!(all.iter().all(|r| r.raw.is_none()));
+    assert!(all
+        .windows(2)
+        .all(|w| (w[0].date, w[0].id.as_bytes()) < (w[1].date, w[1].id.as_bytes())));
+    store.close().await;
+}
+
+async fn queue_delivers_each_event_once_per_consumer(db: &TestDb) {
+    let store = db.open().await;
+    // Arrival order differs from event order and from `_id` order.
+    let arrival: Vec<String> = (0..30).map(|n| format!("q{:02}", (n * 7) % 30)).collect();
+    for chunk in arrival.chunks(10) {
+        let batch = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| event(&entry(id, 10_000 - i as i64)))
+            .collect();
+        store.insert_many(batch).await.unwrap();
+    }
+    let first = store.queue_take("x", 10).await.unwrap();
+    assert_eq!(ids(&first), arrival[..10]);
+
+    // Eight concurrent readers of consumer y share the events between them, each once.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = store.queue_take("y", 3).await.unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    // Each batch is in arrival order.
+                    assert!(batch.windows(2).all(|w| w[0].seq < w[1].seq));
+                    got.extend(ids(&batch));
+                }
+            })
+        })
+        .collect();
+    let mut delivered = Vec::new();
+    for t in tasks {
+        delivered.extend(t.await.unwrap());
+    }
+    assert_eq!(delivered.len(), 30);
+    assert_eq!(delivered.iter().collect::<HashSet<_>>().len(), 30);
+
+    // Positions survive a restart; x continues where it stopped.
+    store.close().await;
+    let store = db.open().await;
+    let rest = store.queue_take("x", 100).await.unwrap();
+    assert_eq!(ids(&rest), arrival[10..]);
+    assert!(store.queue_take("x", 100).await.unwrap().is_empty());
+    assert!(store.queue_take("y", 100).await.unwrap().is_empty());
+    store.close().await;
+}
+
+async fn settings_keep_the_first_value(db: &TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.setting("k").await.unwrap(), None);
+    assert_eq!(
+        store.setting_insert_if_absent("k", "v1").await.unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        store.setting_insert_if_absent("k", "v2").await.unwrap(),
+        "v1"
+    );
+    assert_eq!(store.setting("k").await.unwrap().as_deref(), Some("v1"));
+    store.close().await;
+}
+
+async fn backfill_jobs_resume_and_finish(db: &TestDb) {
+    let store = db.open().await;
+    assert!(store
+        .backfill_open(Some(1), None, None)
+        .await
+        .unwrap()
+        .is_none());
+    let job = store.backfill_create(Some(1), None, None).await.unwrap();
+    let other = store
+        .backfill_create(Some(1), None, Some("proj/*"))
+        .await
+        .unwrap();
+    assert_ne!(job, other);
+    let w0 = BackfillWindow {
+        idx: 0,
+        after: 1,
+        before: 50,
+        next_href: None,
+        done: false,
+    };
+    let w1 = BackfillWindow {
+        idx: 1,
+        after: 50,
+        before: 100,
+        next_href: None,
+        done: true,
+    };
+    store.backfill_save_window(job, w0.clone()).await.unwrap();
+    store.backfill_save_window(job, w1.clone()).await.unwrap();
+    let w0b = BackfillWindow {
+        next_href: Some("/api/v2/auditlog?after=1&before=30&limit=20".into()),
+        ..w0
+    };
+    store.backfill_save_window(job, w0b.clone()).await.unwrap();
+
+    let open = store
+        .backfill_open(Some(1), None, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(open.id, job);
+    assert_eq!(open.windows, [w0b, w1]);
+    let spec_job = store
+        .backfill_open(Some(1), None, Some("proj/*"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((spec_job.id, spec_job.windows.len()), (other, 0));
+    assert!(store
+        .backfill_open(Some(2), None, None)
+        .await
+        .unwrap()
+        .is_none());
+
+    store.backfill_finish(job).await.unwrap();
+    assert!(store
+        .backfill_open(Some(1), None, None)
+        .await
+        .unwrap()
+        .is_none());
+    store.close().await;
+}
+
+async fn leases_exclude_other_holders_until_released_or_expired(db: &TestDb) {
+    let store = db.open().await;
+    let long = Duration::from_secs(60);
+    assert!(store.lease_acquire("catchup", "A", long).await.unwrap());
+    assert!(!store.lease_acquire("catchup", "B", long).await.unwrap());
+    assert!(store.lease_acquire("catchup", "A", long).await.unwrap());
+    // Another lease name is independent.
+    assert!(store.lease_acquire("other", "B", long).await.unwrap());
+    store.lease_release("catchup", "B").await.unwrap();
+    assert!(!store.lease_acquire("catchup", "B", long).await.unwrap());
+    store.lease_release("catchup", "A").await.unwrap();
+    assert!(store
+        .lease_acquire("catchup", "B", Duration::from_millis(200))
+        .await
+        .unwrap());
+    assert!(!store.lease_acquire("catchup", "A", long).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.lease_acquire("catchup", "A", long).await.unwrap());
+    assert!(!store.lease_acquire("catchup", "B", long).await.unwrap());
+    store.close().await;
+}
+
+async fn newest_date_tracks_the_newest_event(db: &TestDb) {
+    let store: Store = db.open().await;
+    assert_eq!(store.newest_date().await.unwrap(), None);
+    store
+        .insert_many(vec![event(&entry("n1", 2000)), event(&entry("n2", 1500))])
+        .await
+        .unwrap();
+    assert_eq!(store.newest_date().await.unwrap(), Some(2000));
+    store.close().await;
+}
