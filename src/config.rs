@@ -127,16 +127,21 @@ impl Config {
     }
 }
 
-/// The database URL with any password replaced by `***`, fit for messages and logs.
+/// The database URL with any password (in the user part or a `password=` parameter)
+/// replaced by `***`, fit for messages and logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
     };
-    match authority.rsplit_once('@') {
+    let (authority, tail) = match before_query.find('/') {
+        Some(i) => before_query.split_at(i),
+        None => (before_query, ""),
+    };
+    let mut out = match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or("");
             if userinfo.contains(':') {
@@ -145,8 +150,20 @@ pub fn redact_url(url: &str) -> String {
                 format!("{scheme}://{user}@{host}{tail}")
             }
         }
-        None => url.to_owned(),
+        None => format!("{scheme}://{before_query}"),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -164,5 +181,9 @@ mod tests {
             "postgres://app@db/audit"
         );
         assert_eq!(redact_url("sqlite://audithook.db"), "sqlite://audithook.db");
+        assert_eq!(
+            redact_url("postgres://db/audit?sslmode=require&password=p%40ss&user=app"),
+            "postgres://db/audit?sslmode=require&password=***&user=app"
+        );
     }
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub catchup_runs: Family<ResultLabel, Counter>,
     pub catchup_new_events: Counter,
     pub catchup_last_success: Gauge,
+    pub catchup_lease_held: Gauge,
     pub catchup_newest_event: Gauge,
     pub ld_requests: Counter,
     pub ld_rate_limited: Counter,
@@ -96,6 +97,12 @@ impl Metrics {
         let catchup_runs = Family::<ResultLabel, Counter>::default();
         let catchup_new_events = Counter::default();
         let catchup_last_success = Gauge::default();
+        let catchup_lease_held = Gauge::default();
+        registry.register(
+            "catchup_lease_held",
+            "1 while this instance holds the catch-up lease (one instance of several runs catch-up)",
+            catchup_lease_held.clone(),
+        );
         let catchup_newest_event = Gauge::default();
         let ld_requests = Counter::default();
         let ld_rate_limited = Counter::default();
@@ -139,6 +146,7 @@ impl Metrics {
             catchup_runs,
             catchup_new_events,
             catchup_last_success,
+            catchup_lease_held,
             catchup_newest_event,
             ld_requests,
             ld_rate_limited,

@@ -70,7 +70,31 @@ pub async fn run_once(
     result
 }
 
-/// Runs catch-up now and then every `interval` until `stop` is cancelled.
+/// The lease that makes one instance of several run catch-up.
+const LEASE: &str = "catchup";
+
+/// How long the catch-up lease lasts unless renewed: three intervals, between 3 s and 60 s.
+/// The holder renews it every third of that, so a standby takes over within one lease time
+/// of the holder's death.
+pub fn lease_ttl(interval: Duration) -> Duration {
+    (interval * 3).clamp(Duration::from_secs(3), Duration::from_secs(60))
+}
+
+/// This process's name as a lease holder: host, pid and a random part.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Runs catch-up every `interval` until `stop` is cancelled, in whichever instance holds the
+/// catch-up lease: instances sharing one database do not multiply the traffic to
+/// LaunchDarkly. The others wait as standbys and take over when the holder stops renewing.
 pub async fn run_loop(
     store: Store,
     base_url: String,
@@ -80,32 +104,79 @@ pub async fn run_loop(
     metrics: std::sync::Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let holder = instance_id();
+    let ttl = lease_ttl(interval);
+    let renew = ttl / 3;
     tracing::info!(
         interval_s = interval.as_secs(),
         overlap_s = overlap.as_secs(),
+        lease_s = ttl.as_secs(),
+        holder = %holder,
         "catch-up from LaunchDarkly enabled"
     );
+    let mut held = false;
+    let mut next_pass = tokio::time::Instant::now();
     loop {
-        let pass = run_once(&store, &base_url, &token, overlap, &metrics);
-        let outcome = tokio::select! {
-            r = pass => Some(r),
-            _ = stop.cancelled() => None,
-        };
-        match outcome {
-            None => return,
-            Some(Ok(s)) => tracing::info!(
-                new = s.new,
-                duplicates = s.duplicates,
-                requests = s.requests,
-                "catch-up done: {s}"
-            ),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "catch-up failed; retrying at the next interval")
+        let now_held = match store.lease_acquire(LEASE, &holder, ttl).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the catch-up lease");
+                false
             }
+        };
+        if now_held != held {
+            if now_held {
+                tracing::info!("took the catch-up lease: this instance runs catch-up");
+            } else {
+                tracing::info!("catch-up lease held elsewhere: this instance stands by");
+            }
+            held = now_held;
+            metrics.catchup_lease_held.set(i64::from(held));
         }
+        if held && tokio::time::Instant::now() >= next_pass {
+            let pass = run_once(&store, &base_url, &token, overlap, &metrics);
+            tokio::pin!(pass);
+            let mut ticker = tokio::time::interval(renew);
+            ticker.tick().await;
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut pass => break Some(r),
+                    _ = stop.cancelled() => break None,
+                    _ = ticker.tick() => {
+                        // A long pass keeps the lease.
+                        if let Err(e) = store.lease_acquire(LEASE, &holder, ttl).await {
+                            tracing::warn!(error = %e, "cannot renew the catch-up lease");
+                        }
+                    }
+                }
+            };
+            match outcome {
+                None => break,
+                Some(Ok(s)) => tracing::info!(
+                    new = s.new,
+                    duplicates = s.duplicates,
+                    requests = s.requests,
+                    "catch-up done: {s}"
+                ),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "catch-up failed; retrying at the next interval")
+                }
+            }
+            next_pass = tokio::time::Instant::now() + interval;
+        }
+        let wake = if held {
+            next_pass.min(tokio::time::Instant::now() + renew)
+        } else {
+            tokio::time::Instant::now() + renew
+        };
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = stop.cancelled() => break,
         }
+    }
+    if held {
+        // Hand over at once rather than after the lease runs out.
+        let _ = store.lease_release(LEASE, &holder).await;
+        metrics.catchup_lease_held.set(0);
     }
 }

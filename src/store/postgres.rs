@@ -436,9 +436,20 @@ fn redact_error(err: &dyn std::fmt::Display, url: &str) -> String {
     }
 }
 
+/// The password in `url`'s user part or `password=` parameter.
 fn password_of(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
+    if let Some((_, query)) = rest.split_once('?') {
+        let from_query = query.split('&').find_map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("password"))
+                .map(|(_, v)| v.to_owned())
+        });
+        if from_query.is_some() {
+            return from_query;
+        }
+    }
+    let authority = rest.split(['/', '?']).next()?;
     let userinfo = authority.rsplit_once('@')?.0;
     Some(userinfo.split_once(':')?.1.to_owned())
 }

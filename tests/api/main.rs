@@ -5,6 +5,7 @@ mod backfill;
 mod conformance;
 mod export;
 mod helpers;
+mod instances;
 mod store;
 mod templates;
 mod webhook;
