@@ -1,8 +1,8 @@
 -- The Postgres schema: the same tables as SQLite's migrations, in Postgres types.
 -- `id` compares bytewise (COLLATE "C") so event order and paging match SQLite exactly.
 
--- Trigram indexes serve `q` (LIKE) and `spec` (regular expressions). pg_trgm ships with
--- Postgres (contrib) and is a trusted extension: the database owner may create it.
+-- pg_trgm serves `q` and `spec` (see events_search). It ships with Postgres (contrib) and is
+-- a trusted extension: the database owner may create it.
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 -- Events: the body exactly as received plus the columns readers filter and sort on.
@@ -31,8 +31,23 @@ CREATE INDEX events_date_id ON events (date, id);
 CREATE INDEX events_member ON events (member_id, date) WHERE member_id IS NOT NULL;
 CREATE INDEX events_member_email ON events (member_email, date) WHERE member_email IS NOT NULL;
 CREATE INDEX events_token ON events (token_id, date) WHERE token_id IS NOT NULL;
-CREATE INDEX events_search_trgm ON events USING gin (search gin_trgm_ops);
-CREATE INDEX events_resources_trgm ON events USING gin (resources gin_trgm_ops);
+
+-- The trigram index for `q` (LIKE) and `spec` (regular expressions). Maintaining a trigram
+-- GIN index inside the insert cuts ingest by about 60%, so it lives on a copy of the
+-- searched columns that a background indexer fills in batches while the writer is idle;
+-- `search_state` records how far it got, and readers scan events after that point instead.
+CREATE TABLE events_search (
+    seq       BIGINT PRIMARY KEY,
+    search    TEXT NOT NULL,
+    resources TEXT NOT NULL
+);
+CREATE INDEX events_search_search_trgm ON events_search USING gin (search gin_trgm_ops);
+CREATE INDEX events_search_resources_trgm ON events_search USING gin (resources gin_trgm_ops);
+CREATE TABLE search_state (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    indexed_seq BIGINT NOT NULL
+);
+INSERT INTO search_state (id, indexed_seq) VALUES (1, 0);
 
 -- Generated credentials (as SHA-256 digests) and other small state.
 CREATE TABLE settings (

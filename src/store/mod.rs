@@ -327,6 +327,14 @@ impl Store {
         }
     }
 
+    /// Stored events the text-search index has not reached yet (they are scanned instead).
+    pub async fn search_lag(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.search_lag().await,
+            Store::Postgres(s) => s.search_lag().await,
+        }
+    }
+
     /// Whether the store answers (reads and the writer).
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {

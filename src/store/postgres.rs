@@ -11,13 +11,15 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, StoreError, StoredEvent,
@@ -25,6 +27,10 @@ use super::{
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
 
+/// Candidates the first pass of a text search looks at.
+const NEWEST_CANDIDATES: i64 = 2000;
+/// Events indexed per transaction (short, so a writer waking up waits little).
+const INDEX_BATCH: i64 = 500;
 /// Rows an export sends to the encoder at once.
 const EXPORT_BATCH: usize = 512;
 /// Largest number of events committed in one transaction.
@@ -59,6 +65,8 @@ enum WriteReq {
 pub struct PgStore {
     pool: PgPool,
     writer: mpsc::Sender<WriteReq>,
+    /// Stops the search indexer.
+    indexer_stop: CancellationToken,
 }
 
 /// Whether `url` names a Postgres database.
@@ -101,8 +109,20 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(opts);
         let (tx, rx) = mpsc::channel(8 * MAX_GROUP);
-        tokio::spawn(writer_loop(pool.clone(), rx, metrics));
-        Ok(Self { pool, writer: tx })
+        let last_commit = Arc::new(AtomicI64::new(0));
+        let indexer_stop = CancellationToken::new();
+        tokio::spawn(indexer_loop(
+            pool.clone(),
+            last_commit.clone(),
+            indexer_stop.clone(),
+            metrics.clone(),
+        ));
+        tokio::spawn(writer_loop(pool.clone(), rx, metrics, last_commit));
+        Ok(Self {
+            pool,
+            writer: tx,
+            indexer_stop,
+        })
     }
 
     pub(super) async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
@@ -140,16 +160,47 @@ impl PgStore {
         cursor: Option<&Cursor>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut q = SqlBuilder::new("SELECT seq, id, date, raw FROM events WHERE true");
-        q.filter(filter);
-        if let Some(cur) = cursor {
-            let d = q.arg(Arg::I64(cur.date));
-            let i = q.arg(Arg::Text(pg_text(&cur.id).into_owned()));
-            q.sql.push_str(&format!(" AND (date, id) < (${d}, ${i})"));
+        let text_search = filter.q.is_some() || filter.spec.is_some();
+        let newest = |head: &str, candidates: bool| {
+            let mut q = SqlBuilder::new(head);
+            q.non_text_filter(filter);
+            if let Some(cur) = cursor {
+                let d = q.arg(Arg::I64(cur.date));
+                let i = q.arg(Arg::Text(pg_text(&cur.id).into_owned()));
+                q.sql.push_str(&format!(" AND (date, id) < (${d}, ${i})"));
+            }
+            if candidates {
+                // Common terms: the newest few thousand events usually hold a page of
+                // matches, and then they are the newest matches of all.
+                let n = q.arg(Arg::I64(NEWEST_CANDIDATES));
+                q.sql.push_str(&format!(
+                    " ORDER BY date DESC, id DESC LIMIT ${n}) c WHERE true"
+                ));
+                q.text_filter_exact(filter);
+            } else {
+                q.text_filter(filter);
+            }
+            let l = q.arg(Arg::I64(limit as i64));
+            q.sql
+                .push_str(&format!(" ORDER BY date DESC, id DESC LIMIT ${l}"));
+            q
+        };
+        if text_search {
+            let q = newest(
+                "SELECT seq, id, date, raw FROM (SELECT seq, id, date, raw, search, resources \
+                 FROM events WHERE true",
+                true,
+            );
+            let rows = q.query().fetch_all(&self.pool).await?;
+            if rows.len() >= limit {
+                return Ok(rows
+                    .iter()
+                    .map(row_to_event)
+                    .collect::<Result<Vec<_>, _>>()?);
+            }
         }
-        let l = q.arg(Arg::I64(limit as i64));
-        q.sql
-            .push_str(&format!(" ORDER BY date DESC, id DESC LIMIT ${l}"));
+        // Rare terms: the trigram index plus the events it has not indexed yet.
+        let q = newest("SELECT seq, id, date, raw FROM events WHERE true", false);
         let rows = q.query().fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
@@ -410,6 +461,14 @@ impl PgStore {
         Ok(())
     }
 
+    pub(super) async fn search_lag(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT coalesce((SELECT max(seq) FROM events), 0) - indexed_seq FROM search_state",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
@@ -423,6 +482,7 @@ impl PgStore {
         if self.writer.send(WriteReq::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
+        self.indexer_stop.cancel();
         self.pool.close().await;
     }
 }
@@ -545,14 +605,27 @@ impl SqlBuilder {
 
     /// Appends the shared filters as `AND ...` clauses.
     fn filter(&mut self, f: &Filter) {
-        if let Some(before) = f.before {
-            let n = self.arg(Arg::I64(before));
-            self.sql.push_str(&format!(" AND date < ${n}"));
+        self.non_text_filter(f);
+        self.text_filter(f);
+    }
+
+    /// `q` and `spec`: events the trigram index finds, or not yet indexed, that match.
+    fn text_filter(&mut self, f: &Filter) {
+        if f.q.is_none() && f.spec.is_none() {
+            return;
         }
-        if let Some(after) = f.after {
-            let n = self.arg(Arg::I64(after));
-            self.sql.push_str(&format!(" AND date > ${n}"));
-        }
+        self.sql
+            .push_str(" AND seq IN (SELECT seq FROM events_search WHERE true");
+        self.text_filter_exact(f);
+        self.sql.push_str(
+            " UNION ALL SELECT seq FROM events WHERE seq > (SELECT indexed_seq FROM search_state)",
+        );
+        self.text_filter_exact(f);
+        self.sql.push(')');
+    }
+
+    /// `q` and `spec` on the `search` and `resources` columns of whatever table is in scope.
+    fn text_filter_exact(&mut self, f: &Filter) {
         if let Some(q) = &f.q {
             // `search` is lower-cased text; LIKE lets the trigram index narrow the rows.
             let n = self.arg(Arg::Text(format!(
@@ -564,6 +637,18 @@ impl SqlBuilder {
         if let Some(spec) = &f.spec {
             let n = self.arg(Arg::Text(spec_regex(spec)));
             self.sql.push_str(&format!(" AND resources ~ ${n}"));
+        }
+    }
+
+    /// The filters other than `q` and `spec`.
+    fn non_text_filter(&mut self, f: &Filter) {
+        if let Some(before) = f.before {
+            let n = self.arg(Arg::I64(before));
+            self.sql.push_str(&format!(" AND date < ${n}"));
+        }
+        if let Some(after) = f.after {
+            let n = self.arg(Arg::I64(after));
+            self.sql.push_str(&format!(" AND date > ${n}"));
         }
         let texts = |v: &[String]| Arg::Texts(v.iter().map(|s| pg_text(s).into_owned()).collect());
         if !f.members.is_empty() {
@@ -643,7 +728,12 @@ fn resources_column(resources: &str) -> String {
 }
 
 /// The writer: takes every request queued, commits them in one transaction, answers each.
-async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<WriteReq>, metrics: Arc<Metrics>) {
+async fn writer_loop(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<WriteReq>,
+    metrics: Arc<Metrics>,
+    last_commit: Arc<AtomicI64>,
+) {
     let mut group: Group = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut queued = Some(first);
@@ -666,6 +756,7 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<WriteReq>, metrics: Ar
         }
         if !group.is_empty() {
             commit_group(&pool, &mut group, &metrics).await;
+            last_commit.store(now_ms(), Ordering::Relaxed);
         }
         if let Some(ack) = shutdown {
             rx.close();
@@ -850,4 +941,95 @@ mod tests {
         );
         assert_eq!(password_of("postgres://app@db/x"), None);
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Fills the trigram index in batches while this instance's writer is idle (no group
+/// committed for 100 ms). Instances share the work: a batch locks the `search_state` row
+/// with SKIP LOCKED, so while one instance indexes the others wait for the next round.
+async fn indexer_loop(
+    pool: PgPool,
+    last_commit: Arc<AtomicI64>,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+) {
+    let pause = |ms: u64| {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => false,
+                _ = stop.cancelled() => true,
+            }
+        }
+    };
+    loop {
+        if now_ms() - last_commit.load(Ordering::Relaxed) < 100 {
+            if pause(100).await {
+                return;
+            }
+            continue;
+        }
+        let wait = match index_batch(&pool).await {
+            Ok(Some((indexed, lag))) => {
+                metrics.search_unindexed.set(lag);
+                if indexed == 0 {
+                    200
+                } else {
+                    0
+                }
+            }
+            // Another instance holds the batch.
+            Ok(None) => 200,
+            Err(e) => {
+                tracing::warn!(error = %e, "search indexing failed; retrying");
+                1000
+            }
+        };
+        if pause(wait).await {
+            return;
+        }
+    }
+}
+
+/// Indexes the next batch; returns how many were indexed and how many remain, or `None`
+/// when another instance is indexing.
+async fn index_batch(pool: &PgPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let from: Option<i64> = sqlx::query_scalar(
+        "SELECT indexed_seq FROM search_state WHERE id = 1 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(from) = from else {
+        return Ok(None);
+    };
+    // Sequence numbers become visible in order (inserts hold the insert lock until they
+    // commit), so every event up to the highest one read here is visible now.
+    let (n, last): (i64, Option<i64>) = sqlx::query_as(
+        "WITH batch AS (INSERT INTO events_search (seq, search, resources) \
+         SELECT seq, search, resources FROM events WHERE seq > $1 ORDER BY seq LIMIT $2 \
+         RETURNING seq) SELECT count(*), max(seq) FROM batch",
+    )
+    .bind(from)
+    .bind(INDEX_BATCH)
+    .fetch_one(&mut *tx)
+    .await?;
+    let last = last.unwrap_or(from);
+    if n > 0 {
+        sqlx::query("UPDATE search_state SET indexed_seq = $1 WHERE id = 1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let max: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some((n, (max - last).max(0))))
 }

@@ -567,6 +567,17 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn search_lag(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT coalesce(max(seq), 0) - (SELECT indexed_seq FROM search_state) FROM events",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
