@@ -880,17 +880,16 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
         source.push(e.source.as_str());
         raw.push(pg_text(&e.raw).into_owned());
     }
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(INSERT_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    // One statement, so one round trip and its own transaction. The lock is taken before
+    // any row is produced (a cross join yields nothing until both sides have), so before the
+    // first sequence number is drawn, and it is held until the statement commits.
     let stored: Vec<String> = sqlx::query_scalar(&format!(
         "INSERT INTO events (id, date, kind, name, title, member_id, member_email, token_id, \
          accesses, resources, search, source, received_at, raw) \
          SELECT id, date, kind, name, title, member_id, member_email, token_id, accesses, \
          resources, search, source, {NOW_MS}, raw \
-         FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         FROM (SELECT pg_advisory_xact_lock($14)) AS insert_lock, \
+         unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
          $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) \
          AS t (id, date, kind, name, title, member_id, member_email, token_id, accesses, \
          resources, search, source, raw) \
@@ -909,9 +908,9 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
     .bind(&search)
     .bind(&source)
     .bind(&raw)
-    .fetch_all(&mut *tx)
+    .bind(INSERT_LOCK)
+    .fetch_all(pool)
     .await?;
-    tx.commit().await?;
     Ok(stored.into_iter().collect())
 }
 
