@@ -7,6 +7,12 @@
 //! `spec` filter, a one-day range.
 //!
 //! Run: `cargo bench --bench export` (`BENCH_EVENTS` overrides the count).
+//! On Postgres: `BENCH_DATABASE=postgres cargo bench --bench export`, with the server named
+//! by `AUDITHOOK_BENCH_POSTGRES_URL` (else `AUDITHOOK_TEST_POSTGRES_URL`); the benchmark
+//! creates a fresh database there, and (b) is `psql`'s `\copy (SELECT ...) TO STDOUT CSV`.
+
+#[path = "../tests/support/pg.rs"]
+mod pg;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -51,7 +57,16 @@ fn main() {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("export.db");
-    let url = format!("sqlite://{}", db.display());
+    let postgres = std::env::var("BENCH_DATABASE").is_ok_and(|v| v == "postgres");
+    let url = if postgres {
+        let admin = std::env::var("AUDITHOOK_BENCH_POSTGRES_URL")
+            .or_else(|_| std::env::var("AUDITHOOK_TEST_POSTGRES_URL"))
+            .expect("BENCH_DATABASE=postgres needs AUDITHOOK_BENCH_POSTGRES_URL");
+        rt.block_on(pg::fresh_database(&admin, "audithook_bench")).1
+    } else {
+        format!("sqlite://{}", db.display())
+    };
+    println!("backend: {}", if postgres { "postgres" } else { "sqlite" });
     rt.block_on(async {
         let store = Store::open(&url, Arc::new(Metrics::new()))
             .await
@@ -136,13 +151,23 @@ fn main() {
             }
             a_runs.push(t.elapsed().as_secs_f64());
             let t = Instant::now();
-            let out = Command::new("sqlite3")
-                .arg("-csv")
-                .arg("-header")
-                .arg(&db)
-                .arg("SELECT id, date, kind, name, title, member_email FROM events ORDER BY date, id;")
-                .stdout(Stdio::piped())
-                .output();
+            let select = "SELECT id, date, kind, name, title, member_email FROM events ORDER BY date, id";
+            let out = if postgres {
+                Command::new("psql")
+                    .arg(&url)
+                    .arg("-c")
+                    .arg(format!("\\copy ({select}) TO STDOUT WITH (FORMAT csv, HEADER)"))
+                    .stdout(Stdio::piped())
+                    .output()
+            } else {
+                Command::new("sqlite3")
+                    .arg("-csv")
+                    .arg("-header")
+                    .arg(&db)
+                    .arg(format!("{select};"))
+                    .stdout(Stdio::piped())
+                    .output()
+            };
             if let Some(o) = out.ok().filter(|o| o.status.success()) {
                 b_runs.push(t.elapsed().as_secs_f64());
                 b_bytes = Some(o.stdout.len());
@@ -158,20 +183,26 @@ fn main() {
         match b_bytes {
             Some(len) => {
                 let b = best(&b_runs);
-                println!("(b) sqlite3 -csv, same columns and file: best {b:.2} s of {b_runs:.2?}, {} MB", len / 1_000_000);
+                let tool = if postgres { "psql \\copy ... CSV, same columns and database" } else { "sqlite3 -csv, same columns and file" };
+                println!("(b) {tool}: best {b:.2} s of {b_runs:.2?}, {} MB", len / 1_000_000);
                 println!("ratio a/b (best runs): {:.2}", a / b);
             }
-            None => println!("(b) sqlite3 shell not available"),
+            None => println!("(b) comparison shell not available"),
         }
 
-        let cursor = {
+        let cursor_sql = "SELECT date, id FROM events ORDER BY date DESC, id DESC LIMIT 1 OFFSET 9989";
+        let cursor = if postgres {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("db");
+            let (date, id): (i64, String) = sqlx::query_as(cursor_sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect("cursor");
+            format!("{date}_{id}")
+        } else {
             let conn = rusqlite::Connection::open(&db).expect("db");
             let (date, id): (i64, String) = conn
-                .query_row(
-                    "SELECT date, id FROM events ORDER BY date DESC, id DESC LIMIT 1 OFFSET 9989",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row(cursor_sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
                 .expect("cursor");
             format!("{date}_{id}")
         };

@@ -11,6 +11,9 @@
 //! `AUDITHOOK_BENCH_POSTGRES_URL`, else `AUDITHOOK_TEST_POSTGRES_URL`, names the Postgres
 //! server; the benchmark creates a fresh database there for each Postgres case).
 
+#[path = "../tests/support/pg.rs"]
+mod pg;
+
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -52,7 +55,7 @@ fn main() {
     let mut pg_runs = Vec::new();
     if let Some(admin) = &pg_admin {
         for (instances, offset) in [(1usize, 2u64 << 40), (2, 3 << 40)] {
-            let url = rt.block_on(fresh_pg_database(admin));
+            let (_, url) = rt.block_on(pg::fresh_database(admin, "audithook_bench"));
             let (r, rss) = run_instances(&rt, &url, instances, connections, duration, offset);
             let stored = rt.block_on(pg_ids(&url));
             pg_runs.push((instances, r, rss, stored));
@@ -159,21 +162,6 @@ fn run_instances(
         stop(child);
     }
     (result, rss)
-}
-
-/// A new, empty database on the server `admin` names; returns its URL.
-async fn fresh_pg_database(admin: &str) -> String {
-    use sqlx::Connection;
-    let name = format!("audithook_bench_{:08x}", rand::random::<u32>());
-    let mut conn = sqlx::PgConnection::connect(admin)
-        .await
-        .expect("connect to the bench Postgres");
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    format!("{base}/{name}")
 }
 
 async fn pg_ids(url: &str) -> HashSet<String> {

@@ -210,20 +210,10 @@ impl TestDb {
 
     /// A new database on the test Postgres server, or `None` (with a message) without one.
     pub async fn postgres() -> Option<TestDb> {
-        use sqlx::Connection;
         let admin = postgres_url()?;
-        let name = format!("audithook_t_{:016x}", rand::random::<u64>());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("connect to AUDITHOOK_TEST_POSTGRES_URL");
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
-        let (base, _) = admin.rsplit_once('/').expect("URL has a database path");
+        let (name, url) = crate::pg::fresh_database(&admin, "audithook_t").await;
         Some(TestDb {
-            url: format!("{base}/{name}"),
+            url,
             _dir: None,
             pg: Some((admin, name)),
         })

@@ -12,3 +12,5 @@ mod webhook;
 
 #[path = "../support/fake_ld.rs"]
 mod fake_ld;
+#[path = "../support/pg.rs"]
+mod pg;
