@@ -154,6 +154,11 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
         metrics.clone(),
     )
     .await?;
+    tracing::info!(
+        backend = store.backend(),
+        database = %config::redact_url(&cfg.database_url),
+        "store open"
+    );
     let hook_token = resolve_token(
         &store,
         cfg.hook_token.as_ref(),
