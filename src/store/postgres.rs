@@ -50,6 +50,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     include_str!("../../migrations/postgres/20261122100000_init.sql"),
 )];
 
+/// Stored events the search index has not reached.
+const LAG_SQL: &str =
+    "SELECT coalesce((SELECT max(seq) FROM events), 0) - indexed_seq FROM search_state";
+
 /// The database's clock in epoch milliseconds (instances' clocks may disagree).
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -108,6 +112,10 @@ impl PgStore {
             .max_connections(max_connections.max(2))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(opts);
+        // The search index's lag is known before the indexer first runs.
+        if let Ok(lag) = sqlx::query_scalar::<_, i64>(LAG_SQL).fetch_one(&pool).await {
+            metrics.search_unindexed.set(lag.max(0));
+        }
         let (tx, rx) = mpsc::channel(8 * MAX_GROUP);
         let last_commit = Arc::new(AtomicI64::new(0));
         let indexer_stop = CancellationToken::new();
@@ -462,11 +470,7 @@ impl PgStore {
     }
 
     pub(super) async fn search_lag(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT coalesce((SELECT max(seq) FROM events), 0) - indexed_seq FROM search_state",
-        )
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(LAG_SQL).fetch_one(&self.pool).await?)
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
@@ -609,25 +613,29 @@ impl SqlBuilder {
         self.text_filter(f);
     }
 
-    /// `q` and `spec`: events the trigram index finds, or not yet indexed, that match.
+    /// `q` and `spec`: the trigram index narrows the events to those holding the end of
+    /// each literal, plus the events it has not indexed yet; the exact filters then run on
+    /// those. Without a literal of three characters (the trigram minimum) they scan.
     fn text_filter(&mut self, f: &Filter) {
-        if f.q.is_none() && f.spec.is_none() {
-            return;
+        let narrowing = index_narrowing(f);
+        if !narrowing.is_empty() {
+            self.sql
+                .push_str(" AND seq IN (SELECT seq FROM events_search WHERE true");
+            for (column, pattern) in narrowing {
+                let n = self.arg(Arg::Text(pattern));
+                self.sql.push_str(&format!(" AND {column} LIKE ${n}"));
+            }
+            self.sql.push_str(
+                " UNION ALL SELECT seq FROM events WHERE seq > (SELECT indexed_seq FROM search_state))",
+            );
         }
-        self.sql
-            .push_str(" AND seq IN (SELECT seq FROM events_search WHERE true");
         self.text_filter_exact(f);
-        self.sql.push_str(
-            " UNION ALL SELECT seq FROM events WHERE seq > (SELECT indexed_seq FROM search_state)",
-        );
-        self.text_filter_exact(f);
-        self.sql.push(')');
     }
 
     /// `q` and `spec` on the `search` and `resources` columns of whatever table is in scope.
     fn text_filter_exact(&mut self, f: &Filter) {
         if let Some(q) = &f.q {
-            // `search` is lower-cased text; LIKE lets the trigram index narrow the rows.
+            // `search` is lower-cased text.
             let n = self.arg(Arg::Text(format!(
                 "%{}%",
                 escape_like(&pg_text(&q.to_lowercase()))
@@ -684,6 +692,40 @@ impl SqlBuilder {
         }
         q
     }
+}
+
+/// Characters of each literal the index lookup uses: a trigram common to most events has a
+/// long posting list, and the end of a literal (for a resource specifier, the resource key)
+/// is its most specific part.
+const NARROW_CHARS: usize = 6;
+
+/// `(column, LIKE pattern)` pairs that narrow `q` and `spec` through the trigram index:
+/// the last few characters of each literal of at least three characters.
+fn index_narrowing(f: &Filter) -> Vec<(&'static str, String)> {
+    let mut literals: Vec<(&'static str, String)> = Vec::new();
+    if let Some(q) = &f.q {
+        literals.push(("search", pg_text(&q.to_lowercase()).into_owned()));
+    }
+    if let Some(spec) = &f.spec {
+        let stripped = crate::event::strip_tags(spec);
+        literals.extend(
+            stripped
+                .split('*')
+                .map(|p| ("resources", pg_text(p).into_owned())),
+        );
+    }
+    literals
+        .into_iter()
+        .filter_map(|(column, literal)| {
+            let chars: Vec<char> = literal.chars().collect();
+            (chars.len() >= 3).then(|| {
+                let tail: String = chars[chars.len().saturating_sub(NARROW_CHARS)..]
+                    .iter()
+                    .collect();
+                (column, format!("%{}%", escape_like(&tail)))
+            })
+        })
+        .collect()
 }
 
 /// `s` with LIKE's wildcards and escape character escaped.
