@@ -58,11 +58,15 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("export.db");
     let postgres = std::env::var("BENCH_DATABASE").is_ok_and(|v| v == "postgres");
+    // For Postgres: the server's URL and the fresh database's name, to drop it at the end.
+    let mut pg_db: Option<(String, String)> = None;
     let url = if postgres {
         let admin = std::env::var("AUDITHOOK_BENCH_POSTGRES_URL")
             .or_else(|_| std::env::var("AUDITHOOK_TEST_POSTGRES_URL"))
             .expect("BENCH_DATABASE=postgres needs AUDITHOOK_BENCH_POSTGRES_URL");
-        rt.block_on(pg::fresh_database(&admin, "audithook_bench")).1
+        let (name, url) = rt.block_on(pg::fresh_database(&admin, "audithook_bench"));
+        pg_db = Some((admin, name));
+        url
     } else {
         format!("sqlite://{}", db.display())
     };
@@ -250,4 +254,7 @@ fn main() {
         .arg(server.id().to_string())
         .status();
     let _ = server.wait();
+    if let Some((admin, name)) = pg_db {
+        rt.block_on(pg::drop_database(&admin, &name));
+    }
 }

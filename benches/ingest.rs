@@ -55,9 +55,10 @@ fn main() {
     let mut pg_runs = Vec::new();
     if let Some(admin) = &pg_admin {
         for (instances, offset) in [(1usize, 2u64 << 40), (2, 3 << 40)] {
-            let (_, url) = rt.block_on(pg::fresh_database(admin, "audithook_bench"));
+            let (name, url) = rt.block_on(pg::fresh_database(admin, "audithook_bench"));
             let (r, rss) = run_instances(&rt, &url, instances, connections, duration, offset);
             let stored = rt.block_on(pg_ids(&url));
+            rt.block_on(pg::drop_database(admin, &name));
             pg_runs.push((instances, r, rss, stored));
         }
     } else {

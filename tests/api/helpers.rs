@@ -231,13 +231,8 @@ impl TestDb {
 
     /// Drops a Postgres database (SQLite's directory goes with the value).
     pub async fn remove(self) {
-        use sqlx::Connection;
         if let Some((admin, name)) = &self.pg {
-            let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
-            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            crate::pg::drop_database(admin, name).await;
         }
     }
 }

@@ -17,3 +17,16 @@ pub async fn fresh_database(admin: &str, prefix: &str) -> (String, String) {
     let url = format!("{base}/{name}");
     (name, url)
 }
+
+/// Drops database `name` on the server `admin` names, closing its connections.
+pub async fn drop_database(admin: &str, name: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .expect("connect to the Postgres server");
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .expect("drop database");
+    let _ = conn.close().await;
+}
