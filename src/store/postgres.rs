@@ -956,34 +956,6 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
     Ok(stored.into_iter().collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spec_regex_escapes_and_anchors() {
-        assert_eq!(
-            spec_regex("proj/*;ops:env/a.b"),
-            "(^|\n)proj\\/[^\n]*\\:env\\/a\\.b(:[^\n]*)?(\n|$)"
-        );
-    }
-
-    #[test]
-    fn like_escapes_wildcards() {
-        assert_eq!(escape_like(r"50%_a\b"), r"50\%\_a\\b");
-    }
-
-    #[test]
-    fn password_is_redacted_from_messages() {
-        let url = "postgres://app:s3cret@db/audit";
-        assert_eq!(
-            redact_error(&"bad s3cret here", url),
-            "bad *** here".to_owned()
-        );
-        assert_eq!(password_of("postgres://app@db/x"), None);
-    }
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1073,4 +1045,32 @@ async fn index_batch(pool: &PgPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
         .await?;
     tx.commit().await?;
     Ok(Some((n, (max - last).max(0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_regex_escapes_and_anchors() {
+        assert_eq!(
+            spec_regex("proj/*;ops:env/a.b"),
+            "(^|\n)proj\\/[^\n]*\\:env\\/a\\.b(:[^\n]*)?(\n|$)"
+        );
+    }
+
+    #[test]
+    fn like_escapes_wildcards() {
+        assert_eq!(escape_like(r"50%_a\b"), r"50\%\_a\\b");
+    }
+
+    #[test]
+    fn password_is_redacted_from_messages() {
+        let url = "postgres://app:s3cret@db/audit";
+        assert_eq!(
+            redact_error(&"bad s3cret here", url),
+            "bad *** here".to_owned()
+        );
+        assert_eq!(password_of("postgres://app@db/x"), None);
+    }
 }
