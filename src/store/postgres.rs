@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Row};
+use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,8 @@ const EXPORT_BATCH: usize = 512;
 const MAX_GROUP: usize = 2048;
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Statements slower than this are logged as warnings.
+const SLOW_STATEMENT: Duration = Duration::from_secs(30);
 /// How long start-up waits for the first connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Advisory lock serialising event inserts across instances (arbitrary, fixed).
@@ -88,7 +90,11 @@ impl PgStore {
     ) -> anyhow::Result<Self> {
         let shown = crate::config::redact_url(url);
         let opts = PgConnectOptions::from_str(url)
-            .map_err(|e| anyhow::anyhow!("database {shown}: {}", redact_error(&e, url)))?;
+            .map_err(|e| anyhow::anyhow!("database {shown}: {}", redact_error(&e, url)))?
+            // Statements (never their bound values) at debug level; an export streams for
+            // seconds by design, so only a statement slower than that is worth a warning.
+            .log_statements(log::LevelFilter::Debug)
+            .log_slow_statements(log::LevelFilter::Warn, SLOW_STATEMENT);
         // One direct connection first: a pool would only report a timeout, and the user
         // needs to know whether the host, the password or the database name is wrong.
         let first = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&opts))

@@ -45,8 +45,13 @@ impl Instance {
             .env_remove("LD_API_TOKEN")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        // An empty value removes the variable.
         for (k, v) in env {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let mut inst = Instance {
             child: cmd.spawn().unwrap(),
@@ -584,5 +589,60 @@ async fn backfill_into_postgres_killed_and_rerun_stores_each_entry_once() {
     }
     store.close().await;
     fake.stop();
+    db.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_agree_on_generated_tokens() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let env = [("AUDITHOOK_HOOK_TOKEN", ""), ("AUDITHOOK_API_TOKEN", "")];
+    let (a, b) = tokio::join!(
+        Instance::start(&db.url, &env),
+        Instance::start(&db.url, &env)
+    );
+    let generated = |var: &str| -> Vec<String> {
+        [a.log_text(), b.log_text()]
+            .iter()
+            .flat_map(|log| {
+                log.lines()
+                    .filter_map(|l| l.split(&format!("generated {var}=")).nth(1))
+                    .map(|rest| rest.split(' ').next().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let hook = generated("AUDITHOOK_HOOK_TOKEN");
+    let read = generated("AUDITHOOK_API_TOKEN");
+    assert_eq!(
+        (hook.len(), read.len()),
+        (1, 1),
+        "each token printed once in all"
+    );
+    let client = reqwest::Client::new();
+    let body = hook_payload("gen1", 1_700_000_000_000).to_string();
+    let send = |base: &str, token: &str| {
+        client
+            .post(format!("{base}/hooks/launchdarkly"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    // The printed token works on both instances; the read token does not post.
+    assert_eq!(send(&a.base, &hook[0]).await.unwrap().status(), 202);
+    assert_eq!(send(&b.base, &hook[0]).await.unwrap().status(), 200);
+    assert_eq!(send(&b.base, &read[0]).await.unwrap().status(), 401);
+    for base in [&a.base, &b.base] {
+        let r = client
+            .get(format!("{base}/api/v2/auditlog/gen1"))
+            .header("authorization", &read[0])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    drop((a, b));
     db.remove().await;
 }
