@@ -255,12 +255,9 @@ async fn backfilled_entries_read_like_hook_entries() {
     let data = entries(30, START, 1000, &[]);
     let fake = FakeLd::start(&data, FakeConfig::default()).await;
     let app = spawn_app().await;
-    let store = Store::open(
-        &format!("sqlite://{}", app.db.display()),
-        Arc::new(Metrics::new()),
-    )
-    .await
-    .unwrap();
+    let store = Store::open(&app.url, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
     backfill::run(&store, &client(&fake), Options::default())
         .await
         .unwrap();

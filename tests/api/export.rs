@@ -230,9 +230,9 @@ async fn queues_deliver_each_event_once_per_consumer_in_arrival_order() {
     assert_eq!(take(&app, "archive", 100).await, vec!["old"]);
     assert!(take(&app, "siem", 100).await.is_empty());
     // Positions survive a restart.
-    let db = app.db.clone();
+    let url = app.url.clone();
     let dir = app.stop().await;
-    let app = spawn_with(test_config(&db), dir).await;
+    let app = spawn_with(config_for(&url), dir).await;
     app.post_event(rest_entry("late", 7, "n", "proj/p", "m").to_string())
         .await;
     assert_eq!(take(&app, "siem", 100).await, vec!["late"]);
@@ -297,16 +297,13 @@ async fn cli_export_writes_what_the_route_serves() {
         .bytes()
         .await
         .unwrap();
-    let db = app.db.clone();
+    let url = app.url.clone();
     let dir = app.stop().await;
     let out = dir.path().join("out.csv");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_audithook"))
         .args(["export", "--preset", "ld-audit", "-o"])
         .arg(&out)
-        .env(
-            "AUDITHOOK_DATABASE_URL",
-            format!("sqlite://{}", db.display()),
-        )
+        .env("AUDITHOOK_DATABASE_URL", &url)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -318,10 +315,7 @@ async fn cli_export_writes_what_the_route_serves() {
     assert_eq!(std::fs::read(&out).unwrap(), over_http.as_ref());
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_audithook"))
         .args(["export", "--format", "ndjson", "--kind", "flag"])
-        .env(
-            "AUDITHOOK_DATABASE_URL",
-            format!("sqlite://{}", db.display()),
-        )
+        .env("AUDITHOOK_DATABASE_URL", &url)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -329,10 +323,7 @@ async fn cli_export_writes_what_the_route_serves() {
     assert_eq!(run.stdout, ndjson_http.as_ref());
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_audithook"))
         .args(["export", "--columns", "id,bogus"])
-        .env(
-            "AUDITHOOK_DATABASE_URL",
-            format!("sqlite://{}", db.display()),
-        )
+        .env("AUDITHOOK_DATABASE_URL", &url)
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));

@@ -1,6 +1,6 @@
-//! `spawn_app()`: the real service on 127.0.0.1:0 with a fresh SQLite file.
-
-use std::path::PathBuf;
+//! `spawn_app()`: the real service on 127.0.0.1:0 with a fresh SQLite file, or with a fresh
+//! Postgres database when `AUDITHOOK_TEST_BACKEND=postgres` (then the API suites run against
+//! Postgres; `.ci/run` runs them that way too).
 
 use audithook::config::Config;
 use hmac::{Hmac, Mac};
@@ -18,15 +18,21 @@ pub const HOOK_SECRET: &str = "signing-secret";
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
-    pub db: PathBuf,
+    /// The database URL (`sqlite://...` or `postgres://...`).
+    pub url: String,
     pub dir: std::sync::Arc<tempfile::TempDir>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// The configuration tests use: every credential set, the database in `dir`.
+/// The configuration tests use: every credential set, the SQLite database at `db`.
 pub fn test_config(db: &std::path::Path) -> Config {
-    let mut cfg = Config::with_database(format!("sqlite://{}", db.display()));
+    config_for(&format!("sqlite://{}", db.display()))
+}
+
+/// The configuration tests use, with the database at `url`.
+pub fn config_for(url: &str) -> Config {
+    let mut cfg = Config::with_database(url);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.hook_token = Some(SecretString::from(HOOK_TOKEN.to_owned()));
     cfg.api_token = Some(SecretString::from(API_TOKEN.to_owned()));
@@ -37,6 +43,13 @@ pub fn test_config(db: &std::path::Path) -> Config {
 
 pub async fn spawn_app() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var("AUDITHOOK_TEST_BACKEND").is_ok_and(|b| b == "postgres") {
+        // The database is left to the throwaway server (`.ci/postgres` clears old ones).
+        let db = TestDb::postgres()
+            .await
+            .expect("AUDITHOOK_TEST_BACKEND=postgres needs AUDITHOOK_TEST_POSTGRES_URL");
+        return spawn_with(config_for(&db.url), std::sync::Arc::new(dir)).await;
+    }
     let db = dir.path().join("audithook.db");
     spawn_with(test_config(&db), std::sync::Arc::new(dir)).await
 }
@@ -45,7 +58,7 @@ pub async fn spawn_with(cfg: Config, dir: std::sync::Arc<tempfile::TempDir>) -> 
     if std::env::var("TEST_LOG").is_ok() {
         audithook::telemetry::init();
     }
-    let db = audithook::store::sqlite::path_from_url(&cfg.database_url).unwrap();
+    let url = cfg.database_url.clone();
     let app = audithook::Application::build(cfg)
         .await
         .expect("app builds");
@@ -55,7 +68,7 @@ pub async fn spawn_with(cfg: Config, dir: std::sync::Arc<tempfile::TempDir>) -> 
     TestApp {
         base,
         client: reqwest::Client::new(),
-        db,
+        url,
         dir,
         shutdown,
         handle: Some(handle),
@@ -98,19 +111,29 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Every stored `_id`, read straight from the SQLite file.
+    /// Every stored `_id` in arrival order, read straight from the database.
     pub fn stored_ids(&self) -> Vec<String> {
-        let conn = rusqlite::Connection::open(&self.db).unwrap();
-        let mut stmt = conn.prepare("SELECT id FROM events ORDER BY seq").unwrap();
-        let ids = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
-        ids.map(Result::unwrap).collect()
+        match audithook::store::sqlite::path_from_url(&self.url) {
+            Some(path) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                let mut stmt = conn.prepare("SELECT id FROM events ORDER BY seq").unwrap();
+                let ids = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+                ids.map(Result::unwrap).collect()
+            }
+            None => pg_query(&self.url, "SELECT id FROM events ORDER BY seq", None),
+        }
     }
 
-    /// The stored raw body of one event.
+    /// The stored raw body of one event, read straight from the database.
     pub fn stored_raw(&self, id: &str) -> Option<String> {
-        let conn = rusqlite::Connection::open(&self.db).unwrap();
-        conn.query_row("SELECT raw FROM events WHERE id = ?1", [id], |r| r.get(0))
-            .ok()
+        match audithook::store::sqlite::path_from_url(&self.url) {
+            Some(path) => {
+                let conn = rusqlite::Connection::open(path).unwrap();
+                conn.query_row("SELECT raw FROM events WHERE id = ?1", [id], |r| r.get(0))
+                    .ok()
+            }
+            None => pg_query(&self.url, "SELECT raw FROM events WHERE id = $1", Some(id)).pop(),
+        }
     }
 }
 
@@ -235,4 +258,26 @@ impl TestDb {
             crate::pg::drop_database(admin, name).await;
         }
     }
+}
+
+/// Runs a one-column text query on Postgres from sync code (its own thread and runtime).
+fn pg_query(url: &str, sql: &str, arg: Option<&str>) -> Vec<String> {
+    let (url, sql, arg) = (url.to_owned(), sql.to_owned(), arg.map(str::to_owned));
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                let mut q = sqlx::query_scalar::<_, String>(&sql);
+                if let Some(a) = &arg {
+                    q = q.bind(a);
+                }
+                q.fetch_all(&mut conn).await.unwrap()
+            })
+    })
+    .join()
+    .unwrap()
 }

@@ -332,14 +332,11 @@ async fn cli_preview_of_a_stored_event() {
     let app = spawn_app().await;
     app.post_event(hook_payload("stored-1", 1_580_778_134_028).to_string())
         .await;
-    let db = app.db.clone();
+    let url = app.url.clone();
     let _dir = app.stop().await;
     let out = audithook()
         .args(["preview", "default", "--event", "stored-1"])
-        .env(
-            "AUDITHOOK_DATABASE_URL",
-            format!("sqlite://{}", db.display()),
-        )
+        .env("AUDITHOOK_DATABASE_URL", &url)
         .output()
         .unwrap();
     assert!(

@@ -87,7 +87,7 @@ async fn rest_entry_is_accepted_and_read_back_unchanged() {
 #[tokio::test]
 async fn an_event_survives_a_restart() {
     let app = spawn_app().await;
-    let db = app.db.clone();
+    let url = app.url.clone();
     assert_eq!(
         app.post_event(hook_payload("keep-me", 1_650_000_000_000).to_string())
             .await
@@ -95,7 +95,7 @@ async fn an_event_survives_a_restart() {
         202
     );
     let dir = app.stop().await;
-    let app = spawn_with(test_config(&db), dir).await;
+    let app = spawn_with(config_for(&url), dir).await;
     let r = app.read("/api/v2/auditlog/keep-me").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
