@@ -750,7 +750,8 @@ fn escape_like(s: &str) -> String {
 /// exactly where [`crate::event::spec_matches`] does: the glob (`*` is any run within one
 /// resource) matches a whole resource or a prefix of it that ends before a `:`.
 pub(crate) fn spec_regex(spec: &str) -> String {
-    let pattern = crate::event::strip_tags(spec);
+    let stripped = crate::event::strip_tags(spec);
+    let pattern = pg_text(&stripped);
     let mut re = String::from("(^|\n)");
     for c in pattern.chars() {
         if c == '*' {

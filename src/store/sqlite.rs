@@ -688,6 +688,8 @@ fn fts_match(f: &Filter) -> Option<String> {
     }
     let terms: Vec<String> = literals
         .into_iter()
+        // FTS5 query strings end at a NUL; such a literal is left to the exact filter.
+        .filter(|(_, literal)| !literal.contains('\0'))
         .filter_map(|(column, literal)| {
             let chars: Vec<char> = literal.chars().collect();
             (chars.len() >= 3).then(|| {

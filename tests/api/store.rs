@@ -148,6 +148,31 @@ async fn text_with_nul_is_stored_and_found(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(ids(&found), ["nul1"]);
+    // NUL and regular-expression characters in every text filter: answers, not errors.
+    let odd = |q: Option<&str>, spec: Option<&str>, members: &[&str]| Filter {
+        q: q.map(str::to_owned),
+        spec: spec.map(str::to_owned),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        tokens: members.iter().map(|m| m.to_string()).collect(),
+        ..Filter::default()
+    };
+    let cases: Vec<(Filter, Vec<&str>)> = vec![
+        (odd(Some("\0"), None, &[]), vec!["nul1"]),
+        (odd(Some("e\0a"), None, &[]), vec!["nul1"]),
+        (odd(None, Some("proj/\0(*[^"), &[]), vec![]),
+        (odd(Some("%\\_(["), Some("*\\*"), &[]), vec![]),
+        (odd(None, None, &["\0"]), vec![]),
+    ];
+    for phase in ["unindexed", "indexed"] {
+        if phase == "indexed" {
+            wait_indexed(&store).await;
+        }
+        for (filter, expected) in &cases {
+            let got = store.list_newest(filter, None, 10).await.unwrap();
+            assert_eq!(ids(&got), *expected, "{phase}: {filter:?}");
+            assert_eq!(store.count(filter).await.unwrap(), expected.len() as u64);
+        }
+    }
     store.close().await;
 }
 
