@@ -577,6 +577,35 @@ fn pg_text(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// JSON text Postgres's `jsonb` accepts: it refuses the escape `\u0000`, so NUL characters
+/// in strings become U+FFFD as in the other columns.
+fn pg_json(json: &str) -> String {
+    if !json.contains("\\u0000") {
+        return json.to_owned();
+    }
+    fn clean(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = s.replace('\0', "\u{FFFD}"),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(map) => {
+                let entries = std::mem::take(map);
+                for (k, mut v) in entries {
+                    clean(&mut v);
+                    map.insert(k.replace('\0', "\u{FFFD}"), v);
+                }
+            }
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut v) => {
+            clean(&mut v);
+            v.to_string()
+        }
+        Err(_) => json.to_owned(),
+    }
+}
+
 fn row_to_event(r: &PgRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {
         seq: r.try_get(0)?,
@@ -923,7 +952,7 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
         member_id.push(e.member_id.as_deref().map(|s| pg_text(s).into_owned()));
         member_email.push(e.member_email.as_deref().map(|s| pg_text(s).into_owned()));
         token_id.push(e.token_id.as_deref().map(|s| pg_text(s).into_owned()));
-        accesses.push(pg_text(&e.accesses).into_owned());
+        accesses.push(pg_json(&e.accesses));
         resources.push(resources_column(&e.resources));
         search.push(pg_text(&e.search).into_owned());
         source.push(e.source.as_str());

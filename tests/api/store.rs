@@ -132,7 +132,7 @@ async fn get_returns_the_body_byte_for_byte(db: &TestDb) {
 
 async fn text_with_nul_is_stored_and_found(db: &TestDb) {
     let store = db.open().await;
-    let body = r#"{"_id":"nul1","date":1,"name":"before\u0000after","title":"x"}"#;
+    let body = r#"{"_id":"nul1","date":1,"name":"before\u0000after","title":"x","accesses":[{"action":"up\u0000","resource":"proj/\u0000x"}]}"#;
     let e = normalise(body.as_bytes(), Source::Hook).unwrap();
     assert_eq!(store.insert(e).await.unwrap(), Inserted::Stored);
     assert_eq!(store.get("nul1").await.unwrap().unwrap().raw, body);
@@ -162,6 +162,13 @@ async fn text_with_nul_is_stored_and_found(db: &TestDb) {
         (odd(None, Some("proj/\0(*[^"), &[]), vec![]),
         (odd(Some("%\\_(["), Some("*\\*"), &[]), vec![]),
         (odd(None, None, &["\0"]), vec![]),
+        (
+            Filter {
+                actions: vec!["up\0".into()],
+                ..Filter::default()
+            },
+            vec!["nul1"],
+        ),
     ];
     for phase in ["unindexed", "indexed"] {
         if phase == "indexed" {
