@@ -391,6 +391,15 @@ async fn unreachable_or_misconfigured_database_fails_start_with_a_clear_message(
     assert!(err.contains("sslmode") || err.contains("ssl_mode"), "{err}");
     assert!(!err.contains("s3cret-pw"), "{err}");
 
+    let out = Command::new(env!("CARGO_BIN_EXE_audithook"))
+        .arg("serve")
+        .env("AUDITHOOK_DATABASE_URL", "postgres://app@127.0.0.1:1/audit")
+        .env("AUDITHOOK_DATABASE_MAX_CONNECTIONS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 is not in 2..=1000"));
+
     let Some(admin) = crate::helpers::postgres_url() else {
         return;
     };
