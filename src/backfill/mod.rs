@@ -149,6 +149,11 @@ struct Job {
     queue: Mutex<VecDeque<BackfillWindow>>,
     active: Mutex<Vec<Arc<Active>>>,
     next_idx: AtomicI64,
+    /// Held while a split raises a running window's lower bound and saves the new window,
+    /// and while a window saves its progress: a window never records a raised bound (or
+    /// itself done) before the window that took over the rest of its range is saved, so a
+    /// kill between the two loses nothing.
+    persist: tokio::sync::Mutex<()>,
     /// Set once a page has been fetched: until then nothing is split, so a bad token or
     /// request stops the run after one request.
     first_page_ok: AtomicBool,
@@ -252,6 +257,7 @@ pub async fn run(
         queue: Mutex::new(windows.into()),
         active: Mutex::new(Vec::new()),
         next_idx: AtomicI64::new(next_idx),
+        persist: tokio::sync::Mutex::new(()),
         pending: std::sync::atomic::AtomicUsize::new(0),
         first_page_ok: AtomicBool::new(false),
         last_density: AtomicU64::new(f64::INFINITY.to_bits()),
@@ -326,6 +332,7 @@ impl Job {
         // Split only where enough is left to pay for the split, judged by the entries per
         // ms of the window's last page (or of the last page seen anywhere).
         let fallback = f64::from_bits(self.last_density.load(Ordering::Relaxed));
+        let _persist = self.persist.lock().await;
         let new_window = {
             let active = lock(&self.active);
             let best = active
@@ -490,7 +497,10 @@ impl Job {
             w.after = bound;
             w.next_href = next.clone();
             w.done = next.is_none();
-            self.save(&w).await?;
+            {
+                let _persist = self.persist.lock().await;
+                self.save(&w).await?;
+            }
             self.progress();
             match next {
                 Some(n) if n != url => url = n,
