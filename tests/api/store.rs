@@ -675,11 +675,11 @@ async fn leases_exclude_other_holders_until_released_or_expired(db: &TestDb) {
     assert!(!store.lease_acquire("catchup", "B", long).await.unwrap());
     store.lease_release("catchup", "A").await.unwrap();
     assert!(store
-        .lease_acquire("catchup", "B", Duration::from_millis(200))
+        .lease_acquire("catchup", "B", Duration::from_millis(1500))
         .await
         .unwrap());
     assert!(!store.lease_acquire("catchup", "A", long).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(store.lease_acquire("catchup", "A", long).await.unwrap());
     assert!(!store.lease_acquire("catchup", "B", long).await.unwrap());
     store.close().await;
