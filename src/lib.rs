@@ -46,6 +46,14 @@ pub struct AppState {
 }
 
 /// The router with every route and layer.
+/// The current time in epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn app(state: AppState) -> Router {
     let read = Router::new()
         .merge(routes::auditlog::router())

@@ -2,7 +2,7 @@
 //! an overlap every interval, so events the hook missed while audithook was down arrive.
 //! Duplicates are absorbed by the store.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -22,10 +22,7 @@ pub async fn run_once(
     metrics: &Metrics,
 ) -> Result<Summary, BackfillError> {
     let client = LdClient::new(base_url, token.clone())?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now = crate::now_ms();
     let newest = store.newest_date().await?;
     let from = newest.unwrap_or(now) - overlap.as_millis() as i64;
     let opts = Options {

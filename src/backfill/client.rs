@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand::Rng;
 use reqwest::header::HeaderMap;
@@ -11,6 +11,8 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::now_ms;
 
 /// Page size used for every request (LaunchDarkly's maximum).
 pub const PAGE_LIMIT: u32 = 20;
@@ -98,13 +100,6 @@ struct Budget {
     last_wait_ms: i64,
     /// Moving average of response times (ms).
     latency_ms: f64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {

@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use self::client::{LdClient, LdError, PAGE_LIMIT};
 use self::policy::Policy;
 use crate::event::{normalise, Source};
+use crate::now_ms;
 use crate::store::{BackfillWindow, Inserted, Store, StoreError};
 
 /// Smallest window span (ms) worth splitting.
@@ -167,13 +168,6 @@ struct Job {
     wake: tokio::sync::Notify,
     bar: Option<ProgressBar>,
     started: Instant,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

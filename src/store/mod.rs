@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod writer;
 
 use crate::event::NewEvent;
 use crate::metrics::Metrics;

@@ -13,19 +13,21 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
     BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, StoreError, StoredEvent,
 };
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
+use crate::now_ms;
 
 /// Candidates the first pass of a text search looks at.
 const NEWEST_CANDIDATES: i64 = 2000;
@@ -33,8 +35,6 @@ const NEWEST_CANDIDATES: i64 = 2000;
 const INDEX_BATCH: i64 = 500;
 /// Rows an export sends to the encoder at once.
 const EXPORT_BATCH: usize = 512;
-/// Largest number of events committed in one transaction.
-const MAX_GROUP: usize = 2048;
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Statements slower than this are logged as warnings.
@@ -59,18 +59,10 @@ const LAG_SQL: &str =
 /// The database's clock in epoch milliseconds (instances' clocks may disagree).
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-enum WriteReq {
-    Insert(
-        Vec<NewEvent>,
-        oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
-    ),
-    Shutdown(oneshot::Sender<()>),
-}
-
 /// The Postgres store.
 pub struct PgStore {
     pool: PgPool,
-    writer: mpsc::Sender<WriteReq>,
+    writer: Writer,
     /// Stops the search indexer.
     indexer_stop: CancellationToken,
 }
@@ -122,7 +114,7 @@ impl PgStore {
         if let Ok(lag) = sqlx::query_scalar::<_, i64>(LAG_SQL).fetch_one(&pool).await {
             metrics.search_unindexed.set(lag.max(0));
         }
-        let (tx, rx) = mpsc::channel(8 * MAX_GROUP);
+        let (writer, rx) = Writer::channel();
         let last_commit = Arc::new(AtomicI64::new(0));
         let indexer_stop = CancellationToken::new();
         tokio::spawn(indexer_loop(
@@ -134,27 +126,20 @@ impl PgStore {
         tokio::spawn(writer_loop(pool.clone(), rx, metrics, last_commit));
         Ok(Self {
             pool,
-            writer: tx,
+            writer,
             indexer_stop,
         })
     }
 
     pub(super) async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
-        let mut out = self.insert_many(vec![event]).await?;
-        out.pop()
-            .ok_or_else(|| StoreError::Other("writer returned no outcome".into()))
+        self.writer.insert(event).await
     }
 
     pub(super) async fn insert_many(
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Inserted>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteReq::Insert(events, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.writer.insert_many(events).await
     }
 
     pub(super) async fn get(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
@@ -488,10 +473,7 @@ impl PgStore {
     }
 
     pub(super) async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.writer.send(WriteReq::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.writer.shutdown().await;
         self.indexer_stop.cancel();
         self.pool.close().await;
     }
@@ -814,46 +796,17 @@ async fn writer_loop(
 ) {
     let mut group: Group = Vec::new();
     while let Some(first) = rx.recv().await {
-        let mut queued = Some(first);
-        let mut events = 0;
-        let mut shutdown = None;
-        while let Some(req) = queued.take() {
-            match req {
-                WriteReq::Insert(evs, reply) => {
-                    events += evs.len();
-                    group.push((evs, reply));
-                }
-                WriteReq::Shutdown(ack) => {
-                    shutdown = Some(ack);
-                    break;
-                }
-            }
-            if events < MAX_GROUP {
-                queued = rx.try_recv().ok();
-            }
-        }
+        let stop = gather(first, &mut rx, &mut group);
         if !group.is_empty() {
             commit_group(&pool, &mut group, &metrics).await;
             last_commit.store(now_ms(), Ordering::Relaxed);
         }
-        if let Some(ack) = shutdown {
-            rx.close();
-            while let Ok(WriteReq::Insert(evs, reply)) = rx.try_recv() {
-                group.push((evs, reply));
-            }
-            if !group.is_empty() {
-                commit_group(&pool, &mut group, &metrics).await;
-            }
+        if let Some(ack) = stop {
             let _ = ack.send(());
             return;
         }
     }
 }
-
-type Group = Vec<(
-    Vec<NewEvent>,
-    oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
-)>;
 
 async fn commit_group(pool: &PgPool, group: &mut Group, metrics: &Metrics) {
     let total: usize = group.iter().map(|(e, _)| e.len()).sum();
@@ -863,18 +816,7 @@ async fn commit_group(pool: &PgPool, group: &mut Group, metrics: &Metrics) {
             metrics.commit_group_size.observe(total as f64);
             let mut stored = stored;
             for (events, reply) in group.drain(..) {
-                let out = events
-                    .iter()
-                    .map(|e| {
-                        // The first of several requests carrying one `_id` stored it.
-                        if stored.remove(pg_text(&e.id).as_ref()) {
-                            Inserted::Stored
-                        } else {
-                            Inserted::Duplicate
-                        }
-                    })
-                    .collect();
-                let _ = reply.send(Ok(out));
+                let _ = reply.send(Ok(outcomes(&events, &mut stored)));
             }
         }
         Err(e) if group.len() > 1 && !is_connection_error(&e) => {
@@ -886,16 +828,7 @@ async fn commit_group(pool: &PgPool, group: &mut Group, metrics: &Metrics) {
                     .await
                     .map(|mut stored| {
                         metrics.commit_group_size.observe(events.len() as f64);
-                        events
-                            .iter()
-                            .map(|e| {
-                                if stored.remove(pg_text(&e.id).as_ref()) {
-                                    Inserted::Stored
-                                } else {
-                                    Inserted::Duplicate
-                                }
-                            })
-                            .collect()
+                        outcomes(&events, &mut stored)
                     })
                     .map_err(StoreError::from);
                 let _ = reply.send(out);
@@ -908,6 +841,21 @@ async fn commit_group(pool: &PgPool, group: &mut Group, metrics: &Metrics) {
             }
         }
     }
+}
+
+/// Each event's outcome, given the `_id`s its transaction stored: the first of several
+/// events carrying one `_id` stored it, the others are duplicates.
+fn outcomes(events: &[NewEvent], stored: &mut HashSet<String>) -> Vec<Inserted> {
+    events
+        .iter()
+        .map(|e| {
+            if stored.remove(pg_text(&e.id).as_ref()) {
+                Inserted::Stored
+            } else {
+                Inserted::Duplicate
+            }
+        })
+        .collect()
 }
 
 fn is_connection_error(e: &sqlx::Error) -> bool {
@@ -990,13 +938,6 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
     .fetch_all(pool)
     .await?;
     Ok(stored.into_iter().collect())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Fills the trigram index in batches while this instance's writer is idle (no group

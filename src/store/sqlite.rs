@@ -4,22 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
     BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, StoreError, StoredEvent,
 };
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
+use crate::now_ms;
 
 /// Rows an export sends across threads at once.
 const EXPORT_BATCH: usize = 512;
-/// Largest number of events committed in one transaction.
-const MAX_GROUP: usize = 2048;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 16;
 
@@ -60,18 +59,10 @@ pub fn path_from_url(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(rest))
 }
 
-enum WriteReq {
-    Insert(
-        Vec<NewEvent>,
-        oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
-    ),
-    Shutdown(oneshot::Sender<()>),
-}
-
 /// The SQLite store.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::Sender<WriteReq>,
+    writer: Writer,
     readers: Arc<Mutex<Vec<Connection>>>,
     /// A connection for small bookkeeping writes (settings, backfill progress).
     side: Arc<Mutex<Option<Connection>>>,
@@ -135,13 +126,6 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl SqliteStore {
     /// Opens the file (creating it and its directory if needed), migrates it and starts the writer.
     pub async fn open(path: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
@@ -172,7 +156,7 @@ impl SqliteStore {
             )
             .unwrap_or(0);
         metrics.search_unindexed.set(lag.max(0));
-        let (tx, rx) = mpsc::channel(8 * MAX_GROUP);
+        let (writer, rx) = Writer::channel();
         let last_commit = Arc::new(AtomicI64::new(0));
         let indexer_stop = Arc::new(AtomicBool::new(false));
         {
@@ -192,7 +176,7 @@ impl SqliteStore {
             .spawn(move || writer_loop(writer_conn, rx, &metrics, &writer_last_commit))?;
         Ok(Self {
             path,
-            writer: tx,
+            writer,
             readers: Arc::new(Mutex::new(Vec::new())),
             side: Arc::new(Mutex::new(None)),
             indexer_stop,
@@ -200,21 +184,14 @@ impl SqliteStore {
     }
 
     pub(super) async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
-        let mut out = self.insert_many(vec![event]).await?;
-        out.pop()
-            .ok_or_else(|| StoreError::Other("writer returned no outcome".into()))
+        self.writer.insert(event).await
     }
 
     pub(super) async fn insert_many(
         &self,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Inserted>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(WriteReq::Insert(events, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.writer.insert_many(events).await
     }
 
     /// Runs `f` on a pooled read connection in the blocking pool.
@@ -588,10 +565,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.writer.send(WriteReq::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.writer.shutdown().await;
         if let Ok(mut p) = self.readers.lock() {
             p.clear();
         }
@@ -785,49 +759,19 @@ fn writer_loop(
     last_commit: &AtomicI64,
 ) {
     let mut group: Group = Vec::new();
-    let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
-        let mut queued = Some(first);
-        let mut events = 0;
-        while let Some(req) = queued.take() {
-            match req {
-                WriteReq::Insert(evs, reply) => {
-                    events += evs.len();
-                    group.push((evs, reply));
-                }
-                WriteReq::Shutdown(ack) => {
-                    shutdown = Some(ack);
-                    break;
-                }
-            }
-            if events < MAX_GROUP {
-                queued = rx.try_recv().ok();
-            }
-        }
+        let stop = gather(first, &mut rx, &mut group);
         if !group.is_empty() {
             commit_group(&mut conn, &mut group, metrics);
             last_commit.store(now_ms(), Ordering::Relaxed);
         }
-        if let Some(ack) = shutdown.take() {
-            rx.close();
-            // Answer anything that raced in after the shutdown request.
-            while let Ok(WriteReq::Insert(evs, reply)) = rx.try_recv() {
-                group.push((evs, reply));
-            }
-            if !group.is_empty() {
-                commit_group(&mut conn, &mut group, metrics);
-            }
+        if let Some(ack) = stop {
             let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
             let _ = ack.send(());
             return;
         }
     }
 }
-
-type Group = Vec<(
-    Vec<NewEvent>,
-    oneshot::Sender<Result<Vec<Inserted>, StoreError>>,
-)>;
 
 fn commit_group(conn: &mut Connection, group: &mut Group, metrics: &Metrics) {
     let received_at = now_ms();
