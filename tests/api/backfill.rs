@@ -28,12 +28,7 @@ async fn open_store(dir: &tempfile::TempDir) -> (Store, std::path::PathBuf) {
 }
 
 fn ids_in(db: &std::path::Path) -> Vec<String> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut stmt = conn.prepare("SELECT id FROM events").unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    stored_ids_at(&format!("sqlite://{}", db.display()))
 }
 
 fn expected_ids(data: &[Value]) -> HashSet<String> {
@@ -48,7 +43,11 @@ fn client(fake: &FakeLd) -> LdClient {
 
 /// Asserts the store holds exactly `data`, each once.
 fn assert_exact(db: &std::path::Path, data: &[Value]) {
-    let got = ids_in(db);
+    assert_ids_exact(&ids_in(db), data);
+}
+
+/// Asserts `got` holds exactly the ids of `data`, each once.
+fn assert_ids_exact(got: &[String], data: &[Value]) {
     let set: HashSet<String> = got.iter().cloned().collect();
     assert_eq!(got.len(), set.len(), "an entry is stored twice");
     let want = expected_ids(data);
@@ -301,7 +300,14 @@ async fn backfilled_entries_read_like_hook_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_with_sigkill_then_rerun_stores_each_entry_once() {
-    let data = entries(3000, START, 100, &[(1000, 40)]);
+    let db = TestDb::sqlite();
+    sigkill_then_rerun(&db).await;
+}
+
+/// `audithook backfill` into `db`, killed with SIGKILL once some but not all entries are in,
+/// then run again: the rerun resumes, and the store ends with every entry once, byte for byte.
+pub(crate) async fn sigkill_then_rerun(db: &TestDb) {
+    let data = entries(3000, START, 100, &[(1000, 40), (2000, 25)]);
     let fake = FakeLd::start(
         &data,
         FakeConfig {
@@ -310,15 +316,10 @@ async fn killed_with_sigkill_then_rerun_stores_each_entry_once() {
         },
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("resume.db");
     let run = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_audithook"))
             .args(["backfill", "--concurrency", "4"])
-            .env(
-                "AUDITHOOK_DATABASE_URL",
-                format!("sqlite://{}", db.display()),
-            )
+            .env("AUDITHOOK_DATABASE_URL", &db.url)
             .env("LD_API_TOKEN", fake.token())
             .env("LD_BASE_URL", &fake.base)
             .env("RUST_LOG", "info")
@@ -327,27 +328,16 @@ async fn killed_with_sigkill_then_rerun_stores_each_entry_once() {
             .spawn()
             .unwrap()
     };
+    // The store exists (migrated) before the first run, so its progress can be watched.
+    db.open().await.close().await;
     let mut child = run();
-    // Kill it mid-run, once some but not all entries are in.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    while stored_ids_at(&db.url).len() < 400 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let n = if db.exists() {
-            rusqlite::Connection::open(&db)
-                .and_then(|c| {
-                    c.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
-                })
-                .unwrap_or(0)
-        } else {
-            0
-        };
-        if n >= 400 || std::time::Instant::now() > deadline {
-            break;
-        }
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let partial = ids_in(&db).len();
+    let partial = stored_ids_at(&db.url).len();
     assert!(
         partial > 0 && partial < 3000,
         "killed after {partial} entries"
@@ -360,7 +350,12 @@ async fn killed_with_sigkill_then_rerun_stores_each_entry_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("resumed and finished"), "{stderr}");
-    assert_exact(&db, &data);
+    assert_ids_exact(&stored_ids_at(&db.url), &data);
+    for e in [&data[0], &data[1000], &data[2999]] {
+        let id = e["_id"].as_str().unwrap();
+        assert_eq!(stored_raw_at(&db.url, id), Some(e.to_string()));
+    }
+    fake.stop();
 }
 
 #[tokio::test]

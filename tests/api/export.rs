@@ -199,17 +199,7 @@ async fn bad_export_and_queue_parameters_get_400_naming_the_parameter() {
 }
 
 async fn take(app: &TestApp, consumer: &str, limit: usize) -> Vec<String> {
-    let page: Value = get(app, &format!("/queue/{consumer}?limit={limit}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["_id"].as_str().unwrap().to_owned())
-        .collect()
+    take_queue(&app.client, &app.base, consumer, limit).await
 }
 
 #[tokio::test]
@@ -255,20 +245,11 @@ async fn concurrent_readers_of_one_consumer_never_get_the_same_event() {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
-                let page: Value = client
-                    .get(format!("{base}/queue/shared?limit=7"))
-                    .header("authorization", API_TOKEN)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let items = page["items"].as_array().unwrap();
-                if items.is_empty() {
+                let batch = take_queue(&client, &base, "shared", 7).await;
+                if batch.is_empty() {
                     return got;
                 }
-                got.extend(items.iter().map(|i| i["_id"].as_str().unwrap().to_owned()));
+                got.extend(batch);
             }
         }));
     }

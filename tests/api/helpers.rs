@@ -113,28 +113,62 @@ impl TestApp {
 
     /// Every stored `_id` in arrival order, read straight from the database.
     pub fn stored_ids(&self) -> Vec<String> {
-        match audithook::store::sqlite::path_from_url(&self.url) {
-            Some(path) => {
-                let conn = rusqlite::Connection::open(path).unwrap();
-                let mut stmt = conn.prepare("SELECT id FROM events ORDER BY seq").unwrap();
-                let ids = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
-                ids.map(Result::unwrap).collect()
-            }
-            None => pg_query(&self.url, "SELECT id FROM events ORDER BY seq", None),
-        }
+        stored_ids_at(&self.url)
     }
 
     /// The stored raw body of one event, read straight from the database.
     pub fn stored_raw(&self, id: &str) -> Option<String> {
-        match audithook::store::sqlite::path_from_url(&self.url) {
-            Some(path) => {
-                let conn = rusqlite::Connection::open(path).unwrap();
-                conn.query_row("SELECT raw FROM events WHERE id = ?1", [id], |r| r.get(0))
-                    .ok()
-            }
-            None => pg_query(&self.url, "SELECT raw FROM events WHERE id = $1", Some(id)).pop(),
-        }
+        stored_raw_at(&self.url, id)
     }
+}
+
+/// Every `_id` stored in the database at `url`, in arrival order, read without the app.
+pub fn stored_ids_at(url: &str) -> Vec<String> {
+    match audithook::store::sqlite::path_from_url(url) {
+        Some(path) => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            let mut stmt = conn.prepare("SELECT id FROM events ORDER BY seq").unwrap();
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            ids.map(Result::unwrap).collect()
+        }
+        None => pg_query(url, "SELECT id FROM events ORDER BY seq", None),
+    }
+}
+
+/// The raw body of one event stored in the database at `url`, read without the app.
+pub fn stored_raw_at(url: &str, id: &str) -> Option<String> {
+    match audithook::store::sqlite::path_from_url(url) {
+        Some(path) => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.query_row("SELECT raw FROM events WHERE id = ?1", [id], |r| r.get(0))
+                .ok()
+        }
+        None => pg_query(url, "SELECT raw FROM events WHERE id = $1", Some(id)).pop(),
+    }
+}
+
+/// The `_id`s of the next batch (at most `limit`) queue `consumer` hands out at `base`.
+pub async fn take_queue(
+    client: &reqwest::Client,
+    base: &str,
+    consumer: &str,
+    limit: usize,
+) -> Vec<String> {
+    let page: Value = client
+        .get(format!("{base}/queue/{consumer}?limit={limit}"))
+        .header("authorization", API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 pub fn sign(body: &[u8]) -> String {

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::fake_ld::{entries, FakeConfig, FakeLd};
-use crate::helpers::{hook_payload, TestDb, API_TOKEN, HOOK_TOKEN};
+use crate::helpers::{hook_payload, take_queue, TestDb, API_TOKEN, HOOK_TOKEN};
 
 /// One `audithook serve` process.
 struct Instance {
@@ -230,23 +230,14 @@ async fn one_queue_served_by_two_instances_delivers_each_event_once() {
                 let mut empty_after_done = 0;
                 while empty_after_done < 3 {
                     let done = !producing.load(Ordering::SeqCst);
-                    let r: Value = client
-                        .get(format!("{base}/queue/shared?limit=7"))
-                        .header("authorization", API_TOKEN)
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    let items = r["items"].as_array().unwrap();
-                    if items.is_empty() {
+                    let batch = take_queue(&client, &base, "shared", 7).await;
+                    if batch.is_empty() {
                         if done {
                             empty_after_done += 1;
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    got.extend(items.iter().map(|e| e["_id"].as_str().unwrap().to_owned()));
+                    got.extend(batch);
                 }
                 got
             })
@@ -545,62 +536,7 @@ async fn backfill_into_postgres_killed_and_rerun_stores_each_entry_once() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let data = entries(3000, 1_700_000_000_000, 100, &[(1000, 40), (2000, 25)]);
-    let fake = FakeLd::start(
-        &data,
-        FakeConfig {
-            latency: Duration::from_millis(15),
-            ..FakeConfig::default()
-        },
-    )
-    .await;
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_audithook"))
-            .args(["backfill", "--concurrency", "4"])
-            .env("AUDITHOOK_DATABASE_URL", &db.url)
-            .env("LD_API_TOKEN", fake.token())
-            .env("LD_BASE_URL", &fake.base)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    // The store exists (migrated) before the first run, so its progress can be watched.
-    db.open().await.close().await;
-    let mut child = run();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stored_counts(&db.url).await.0 < 400 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let partial = stored_counts(&db.url).await.0;
-    assert!(
-        partial > 0 && partial < 3000,
-        "killed after {partial} entries"
-    );
-    let rerun = run();
-    let out = tokio::task::spawn_blocking(move || rerun.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("resumed and finished"), "{stderr}");
-    assert_eq!(stored_counts(&db.url).await, (3000, 3000));
-    // Exactly LaunchDarkly's entries, byte for byte.
-    let store = db.open().await;
-    for e in [&data[0], &data[1000], &data[2999]] {
-        let got = store
-            .get(e["_id"].as_str().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.raw, e.to_string());
-    }
-    store.close().await;
-    fake.stop();
+    crate::backfill::sigkill_then_rerun(&db).await;
     db.remove().await;
 }
 
