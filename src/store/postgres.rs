@@ -561,9 +561,9 @@ fn pg_text(s: &str) -> Cow<'_, str> {
 
 /// JSON text Postgres's `jsonb` accepts: it refuses the escape `\u0000`, so NUL characters
 /// in strings become U+FFFD as in the other columns.
-fn pg_json(json: &str) -> String {
+fn pg_json(json: &str) -> Cow<'_, str> {
     if !json.contains("\\u0000") {
-        return json.to_owned();
+        return Cow::Borrowed(json);
     }
     fn clean(v: &mut serde_json::Value) {
         match v {
@@ -582,9 +582,9 @@ fn pg_json(json: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(json) {
         Ok(mut v) => {
             clean(&mut v);
-            v.to_string()
+            Cow::Owned(v.to_string())
         }
-        Err(_) => json.to_owned(),
+        Err(_) => Cow::Borrowed(json),
     }
 }
 
@@ -886,25 +886,26 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
     let mut source = Vec::with_capacity(n);
     let mut raw = Vec::with_capacity(n);
     let mut seen = HashSet::with_capacity(n);
+    // Borrowed unless a NUL had to be replaced; the raw body, being JSON, never holds one.
     for e in events {
-        let key = pg_text(&e.id).into_owned();
+        let key = pg_text(&e.id);
         // Within one statement, a repeated `_id` is simply a duplicate.
         if !seen.insert(key.clone()) {
             continue;
         }
         id.push(key);
         date.push(e.date);
-        kind.push(pg_text(&e.kind).into_owned());
-        name.push(pg_text(&e.name).into_owned());
-        title.push(pg_text(&e.title).into_owned());
-        member_id.push(e.member_id.as_deref().map(|s| pg_text(s).into_owned()));
-        member_email.push(e.member_email.as_deref().map(|s| pg_text(s).into_owned()));
-        token_id.push(e.token_id.as_deref().map(|s| pg_text(s).into_owned()));
+        kind.push(pg_text(&e.kind));
+        name.push(pg_text(&e.name));
+        title.push(pg_text(&e.title));
+        member_id.push(e.member_id.as_deref().map(pg_text));
+        member_email.push(e.member_email.as_deref().map(pg_text));
+        token_id.push(e.token_id.as_deref().map(pg_text));
         accesses.push(pg_json(&e.accesses));
         resources.push(resources_column(&e.resources));
-        search.push(pg_text(&e.search).into_owned());
+        search.push(pg_text(&e.search));
         source.push(e.source.as_str());
-        raw.push(pg_text(&e.raw).into_owned());
+        raw.push(e.raw.as_str());
     }
     // One statement, so one round trip and its own transaction. The lock is taken before
     // any row is produced (a cross join yields nothing until both sides have), so before the
