@@ -282,6 +282,15 @@ pub(crate) fn strip_tags(spec: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(parts.join(":"))
 }
 
+/// Newline-separated resource specifiers with every line's tags removed.
+pub fn strip_tags_lines(resources: &str) -> std::borrow::Cow<'_, str> {
+    if !resources.contains(';') {
+        return std::borrow::Cow::Borrowed(resources);
+    }
+    let lines: Vec<std::borrow::Cow<'_, str>> = resources.split('\n').map(strip_tags).collect();
+    std::borrow::Cow::Owned(lines.join("\n"))
+}
+
 /// `*` matches any run of bytes; everything else matches itself. Iterative, no allocation.
 pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);

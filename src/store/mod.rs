@@ -102,6 +102,34 @@ pub struct BackfillJob {
     pub windows: Vec<BackfillWindow>,
 }
 
+/// How a store is opened. [`StoreOptions::default`] is what `serve` uses.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Connections a Postgres pool keeps at most (SQLite: read connections at once).
+    pub max_connections: u32,
+    /// Whether the background search indexer runs. Tests turn it off and drive the index
+    /// with [`Store::index_step`], to check every filter with the index empty, partial and
+    /// complete.
+    pub background_indexer: bool,
+    /// Candidates the first pass of a `q`/`spec` search looks at (the newest events passing
+    /// the other filters) before the index is consulted; `0` skips that pass.
+    pub newest_candidates: i64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: Store::DEFAULT_MAX_CONNECTIONS,
+            background_indexer: true,
+            newest_candidates: NEWEST_CANDIDATES,
+        }
+    }
+}
+
+/// Candidates the first pass of a text search looks at, by default: common terms find a
+/// page among the newest few thousand events, and then they are the newest matches of all.
+pub const NEWEST_CANDIDATES: i64 = 2000;
+
 /// The store. Each method dispatches on the backend.
 #[derive(Clone)]
 pub enum Store {
@@ -125,12 +153,25 @@ impl Store {
         max_connections: u32,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Store> {
+        let options = StoreOptions {
+            max_connections,
+            ..StoreOptions::default()
+        };
+        Self::open_with_options(url, &options, metrics).await
+    }
+
+    /// Opens the store named by `url` with explicit options.
+    pub async fn open_with_options(
+        url: &str,
+        options: &StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Store> {
         if let Some(path) = sqlite::path_from_url(url) {
-            let store = sqlite::SqliteStore::open(&path, metrics).await?;
+            let store = sqlite::SqliteStore::open(&path, options, metrics).await?;
             return Ok(Store::Sqlite(Arc::new(store)));
         }
         if postgres::is_postgres_url(url) {
-            let store = postgres::PgStore::open(url, max_connections, metrics).await?;
+            let store = postgres::PgStore::open(url, options, metrics).await?;
             return Ok(Store::Postgres(Arc::new(store)));
         }
         anyhow::bail!(
@@ -333,6 +374,16 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.search_lag().await,
             Store::Postgres(s) => s.search_lag().await,
+        }
+    }
+
+    /// Indexes at most `max` of the events the search index has not reached; returns how
+    /// many it indexed. The background indexer does this on its own; tests call it to put
+    /// the index in a known state.
+    pub async fn index_step(&self, max: i64) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.index_step(max).await,
+            Store::Postgres(s) => s.index_step(max).await,
         }
     }
 

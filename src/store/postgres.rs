@@ -29,8 +29,6 @@ use crate::event::NewEvent;
 use crate::metrics::Metrics;
 use crate::now_ms;
 
-/// Candidates the first pass of a text search looks at.
-const NEWEST_CANDIDATES: i64 = 2000;
 /// Events indexed per transaction (short, so a writer waking up waits little).
 const INDEX_BATCH: i64 = 500;
 /// Rows an export sends to the encoder at once.
@@ -65,6 +63,8 @@ pub struct PgStore {
     writer: Writer,
     /// Stops the search indexer.
     indexer_stop: CancellationToken,
+    /// Candidates of the first pass of a text search.
+    newest_candidates: i64,
 }
 
 /// Whether `url` names a Postgres database.
@@ -77,9 +77,10 @@ impl PgStore {
     /// the writer. `max_connections` bounds this instance's pool.
     pub async fn open(
         url: &str,
-        max_connections: u32,
+        options: &super::StoreOptions,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        let max_connections = options.max_connections;
         let shown = crate::config::redact_url(url);
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| anyhow::anyhow!("database {shown}: {}", redact_error(&e, url)))?
@@ -117,17 +118,20 @@ impl PgStore {
         let (writer, rx) = Writer::channel();
         let last_commit = Arc::new(AtomicI64::new(0));
         let indexer_stop = CancellationToken::new();
-        tokio::spawn(indexer_loop(
-            pool.clone(),
-            last_commit.clone(),
-            indexer_stop.clone(),
-            metrics.clone(),
-        ));
+        if options.background_indexer {
+            tokio::spawn(indexer_loop(
+                pool.clone(),
+                last_commit.clone(),
+                indexer_stop.clone(),
+                metrics.clone(),
+            ));
+        }
         tokio::spawn(writer_loop(pool.clone(), rx, metrics, last_commit));
         Ok(Self {
             pool,
             writer,
             indexer_stop,
+            newest_candidates: options.newest_candidates,
         })
     }
 
@@ -171,7 +175,7 @@ impl PgStore {
             if candidates {
                 // Common terms: the newest few thousand events usually hold a page of
                 // matches, and then they are the newest matches of all.
-                let n = q.arg(Arg::I64(NEWEST_CANDIDATES));
+                let n = q.arg(Arg::I64(self.newest_candidates));
                 q.sql.push_str(&format!(
                     " ORDER BY date DESC, id DESC LIMIT ${n}) c WHERE true"
                 ));
@@ -184,7 +188,7 @@ impl PgStore {
                 .push_str(&format!(" ORDER BY date DESC, id DESC LIMIT ${l}"));
             q
         };
-        if text_search {
+        if text_search && self.newest_candidates > 0 {
             let q = newest(
                 "SELECT seq, id, date, raw FROM (SELECT seq, id, date, raw, search, resources \
                  FROM events WHERE true",
@@ -462,6 +466,10 @@ impl PgStore {
 
     pub(super) async fn search_lag(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(LAG_SQL).fetch_one(&self.pool).await?)
+    }
+
+    pub(super) async fn index_step(&self, max: i64) -> Result<i64, StoreError> {
+        Ok(index_batch(&self.pool, max).await?.map_or(0, |(n, _)| n))
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
@@ -966,7 +974,7 @@ async fn indexer_loop(
             }
             continue;
         }
-        let wait = match index_batch(&pool).await {
+        let wait = match index_batch(&pool, INDEX_BATCH).await {
             Ok(Some((indexed, lag))) => {
                 metrics.search_unindexed.set(lag);
                 if indexed == 0 {
@@ -990,7 +998,7 @@ async fn indexer_loop(
 
 /// Indexes the next batch; returns how many were indexed and how many remain, or `None`
 /// when another instance is indexing.
-async fn index_batch(pool: &PgPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+async fn index_batch(pool: &PgPool, max: i64) -> Result<Option<(i64, i64)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let from: Option<i64> = sqlx::query_scalar(
         "SELECT indexed_seq FROM search_state WHERE id = 1 FOR UPDATE SKIP LOCKED",
@@ -1008,7 +1016,7 @@ async fn index_batch(pool: &PgPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
          RETURNING seq) SELECT count(*), max(seq) FROM batch",
     )
     .bind(from)
-    .bind(INDEX_BATCH)
+    .bind(max)
     .fetch_one(&mut *tx)
     .await?;
     let last = last.unwrap_or(from);

@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         20261122030000,
         include_str!("../../migrations/sqlite/20261122030000_leases.sql"),
     ),
+    (
+        20261129000000,
+        include_str!("../../migrations/sqlite/20261129000000_reindex_tag_free.sql"),
+    ),
 ];
 
 const INSERT_SQL: &str = "INSERT INTO events (id, date, kind, name, title, member_id, member_email, \
@@ -68,6 +72,8 @@ pub struct SqliteStore {
     side: Arc<Mutex<Option<Connection>>>,
     /// Stops the search indexer.
     indexer_stop: Arc<AtomicBool>,
+    /// Candidates of the first pass of a text search.
+    newest_candidates: i64,
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -128,7 +134,11 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 
 impl SqliteStore {
     /// Opens the file (creating it and its directory if needed), migrates it and starts the writer.
-    pub async fn open(path: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub async fn open(
+        path: &Path,
+        options: &super::StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let path = path.to_path_buf();
         let writer_conn = tokio::task::spawn_blocking({
             let path = path.clone();
@@ -159,7 +169,7 @@ impl SqliteStore {
         let (writer, rx) = Writer::channel();
         let last_commit = Arc::new(AtomicI64::new(0));
         let indexer_stop = Arc::new(AtomicBool::new(false));
-        {
+        if options.background_indexer {
             let (path, last_commit, stop, metrics) = (
                 path.clone(),
                 last_commit.clone(),
@@ -180,6 +190,7 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             side: Arc::new(Mutex::new(None)),
             indexer_stop,
+            newest_candidates: options.newest_candidates,
         })
     }
 
@@ -237,6 +248,7 @@ impl SqliteStore {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let candidates = self.newest_candidates;
         self.read(move |c| {
             let text_search = filter.q.is_some() || filter.spec.is_some();
             if !text_search {
@@ -244,15 +256,17 @@ impl SqliteStore {
             }
             // Common terms: the newest few thousand candidates usually hold a page of
             // matches, and then they are the newest matches of all.
-            let rows = newest(
-                c,
-                &filter,
-                cursor.as_ref(),
-                limit,
-                Scope::NewestCandidates(NEWEST_CANDIDATES),
-            )?;
-            if rows.len() >= limit {
-                return Ok(rows);
+            if candidates > 0 {
+                let rows = newest(
+                    c,
+                    &filter,
+                    cursor.as_ref(),
+                    limit,
+                    Scope::NewestCandidates(candidates),
+                )?;
+                if rows.len() >= limit {
+                    return Ok(rows);
+                }
             }
             // Rare terms: the trigram index, plus the events it has not indexed yet.
             let Some(matcher) = fts_match(&filter) else {
@@ -555,6 +569,16 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn index_step(&self, max: i64) -> Result<i64, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || -> Result<i64, StoreError> {
+            let mut conn = open_connection(&path)?;
+            Ok(index_batch(&mut conn, max)?.0)
+        })
+        .await
+        .map_err(|e| StoreError::Other(format!("index task failed: {e}")))?
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.is_closed() {
             return Err(StoreError::Closed);
@@ -575,9 +599,6 @@ impl SqliteStore {
         self.indexer_stop.store(true, Ordering::SeqCst);
     }
 }
-
-/// Candidates the first pass of a text search looks at.
-const NEWEST_CANDIDATES: i64 = 2000;
 
 /// Which events a newest-first query considers.
 enum Scope {
@@ -867,7 +888,7 @@ fn indexer_loop(path: &Path, last_commit: &AtomicI64, stop: &AtomicBool, metrics
             std::thread::sleep(std::time::Duration::from_millis(100));
             continue;
         }
-        match index_batch(&mut conn) {
+        match index_batch(&mut conn, INDEX_BATCH) {
             Ok((indexed, lag)) => {
                 metrics.search_unindexed.set(lag);
                 if indexed == 0 {
@@ -882,8 +903,10 @@ fn indexer_loop(path: &Path, last_commit: &AtomicI64, stop: &AtomicBool, metrics
     }
 }
 
-/// Indexes the next batch; returns how many were indexed and how many remain.
-fn index_batch(conn: &mut Connection) -> rusqlite::Result<(i64, i64)> {
+/// Indexes the next batch of at most `max` events; returns how many were indexed and how
+/// many remain. Resources are indexed without their tags (`proj/a;web:env/b` as
+/// `proj/a:env/b`), as the narrowing literals are taken from the tag-free specifier.
+fn index_batch(conn: &mut Connection, max: i64) -> rusqlite::Result<(i64, i64)> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let from: i64 = tx.query_row("SELECT indexed_seq FROM search_state", [], |r| r.get(0))?;
     let mut last = from;
@@ -895,10 +918,15 @@ fn index_batch(conn: &mut Connection) -> rusqlite::Result<(i64, i64)> {
         let mut write = tx.prepare_cached(
             "INSERT INTO events_fts (rowid, search, resources) VALUES (?1, ?2, ?3)",
         )?;
-        let mut rows = read.query(params![from, INDEX_BATCH])?;
+        let mut rows = read.query(params![from, max])?;
         while let Some(r) = rows.next()? {
             let seq: i64 = r.get(0)?;
-            write.execute(params![seq, r.get::<_, String>(1)?, r.get::<_, String>(2)?])?;
+            let resources: String = r.get(2)?;
+            write.execute(params![
+                seq,
+                r.get::<_, String>(1)?,
+                crate::event::strip_tags_lines(&resources).as_ref()
+            ])?;
             last = seq;
             n += 1;
         }

@@ -286,6 +286,20 @@ impl TestDb {
         .expect("store opens")
     }
 
+    /// Opens the store with explicit options.
+    pub async fn open_with(
+        &self,
+        options: &audithook::store::StoreOptions,
+    ) -> audithook::store::Store {
+        audithook::store::Store::open_with_options(
+            &self.url,
+            options,
+            std::sync::Arc::new(audithook::metrics::Metrics::new()),
+        )
+        .await
+        .expect("store opens")
+    }
+
     /// Drops a Postgres database (SQLite's directory goes with the value).
     pub async fn remove(self) {
         if let Some((admin, name)) = &self.pg {

@@ -6,6 +6,7 @@ mod conformance;
 mod export;
 mod helpers;
 mod instances;
+mod search_diff;
 mod store;
 mod templates;
 mod webhook;

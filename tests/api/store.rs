@@ -10,6 +10,7 @@ use audithook::store::{BackfillWindow, Cursor, Filter, Inserted, Store};
 use serde_json::{json, Value};
 
 use crate::helpers::TestDb;
+use crate::search_diff;
 
 /// Declares each case once per backend: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! store_suite {
@@ -50,7 +51,12 @@ store_suite!(
     backfill_jobs_resume_and_finish,
     leases_exclude_other_holders_until_released_or_expired,
     newest_date_tracks_the_newest_event,
+    every_filter_matches_a_brute_force_scan,
 );
+
+async fn every_filter_matches_a_brute_force_scan(db: &TestDb) {
+    search_diff::every_filter_matches_a_brute_force_scan(db).await;
+}
 
 fn event(body: &Value) -> NewEvent {
     normalise(body.to_string().as_bytes(), Source::Rest).expect("valid event")
