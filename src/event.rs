@@ -221,38 +221,184 @@ fn classify(body: &[u8], e: serde_json::Error) -> EventError {
     }
 }
 
-/// Fields LaunchDarkly's `AuditLogEntryListingRep` requires, with the default used when a
-/// stored body lacks one.
-const REQUIRED_STRINGS: [&str; 4] = ["_accountId", "kind", "name", "description"];
+/// The type of one property of LaunchDarkly's `AuditLogEntryListingRep` and the schemas it
+/// references (`../shared/reference/ld-rest-api-get-audit-log-entries.md`).
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Bool,
+    /// `{name: Link}`, a `Link` being an object whose `href` and `type` are strings.
+    Links,
+    /// An array of strings.
+    Strs,
+    /// An array of `ResourceAccess`.
+    Accesses,
+    /// An object with these typed properties (others are kept as they are).
+    Obj(&'static [(&'static str, Ty)]),
+}
 
-/// Turns a stored body into LaunchDarkly's `AuditLogEntryListingRep` shape.
+const SUBJECT: &[(&str, Ty)] = &[
+    ("_links", Ty::Links),
+    ("name", Ty::Str),
+    ("avatarUrl", Ty::Str),
+];
+const MEMBER: &[(&str, Ty)] = &[
+    ("_links", Ty::Links),
+    ("_id", Ty::Str),
+    ("email", Ty::Str),
+    ("firstName", Ty::Str),
+    ("lastName", Ty::Str),
+];
+const TOKEN: &[(&str, Ty)] = &[
+    ("_links", Ty::Links),
+    ("_id", Ty::Str),
+    ("name", Ty::Str),
+    ("ending", Ty::Str),
+    ("serviceToken", Ty::Bool),
+];
+const APP: &[(&str, Ty)] = &[
+    ("_links", Ty::Links),
+    ("_id", Ty::Str),
+    ("isScim", Ty::Bool),
+    ("name", Ty::Str),
+    ("maintainerName", Ty::Str),
+];
+const TARGET: &[(&str, Ty)] = &[
+    ("_links", Ty::Links),
+    ("name", Ty::Str),
+    ("resources", Ty::Strs),
+];
+const PARENT: &[(&str, Ty)] = &[
+    ("_links", Ty::Links),
+    ("name", Ty::Str),
+    ("resource", Ty::Str),
+];
+/// The optional properties of an entry; the required ones are set by [`listing_rep`].
+const ENTRY_OPTIONAL: &[(&str, Ty)] = &[
+    ("comment", Ty::Str),
+    ("subject", Ty::Obj(SUBJECT)),
+    ("member", Ty::Obj(MEMBER)),
+    ("token", Ty::Obj(TOKEN)),
+    ("app", Ty::Obj(APP)),
+    ("titleVerb", Ty::Str),
+    ("title", Ty::Str),
+    ("target", Ty::Obj(TARGET)),
+    ("parent", Ty::Obj(PARENT)),
+];
+
+/// Fields LaunchDarkly's `AuditLogEntryListingRep` requires as strings, with `""` used when a
+/// stored body lacks one or holds another type.
+const REQUIRED_STRINGS: [&str; 5] = [
+    "_accountId",
+    "kind",
+    "name",
+    "description",
+    "shortDescription",
+];
+
+/// Whether `v` is valid as `ty`, after fixing what can be fixed in place; `false` means the
+/// property must go (an optional property of the wrong type, such as `"_links": null`).
+fn conform(v: &mut Value, ty: Ty) -> bool {
+    match ty {
+        Ty::Str => v.is_string(),
+        Ty::Bool => v.is_boolean(),
+        Ty::Strs => match v {
+            Value::Array(items) => {
+                items.retain(Value::is_string);
+                true
+            }
+            _ => false,
+        },
+        Ty::Links => match v {
+            Value::Object(links) => {
+                links.retain(|_, link| match link {
+                    Value::Object(l) => ["href", "type"]
+                        .iter()
+                        .all(|k| l.get(*k).is_none_or(Value::is_string)),
+                    _ => false,
+                });
+                true
+            }
+            _ => false,
+        },
+        Ty::Accesses => match v {
+            Value::Array(items) => {
+                items.retain_mut(|a| match a {
+                    Value::Object(m) => {
+                        m.retain(|k, x| {
+                            !matches!(k.as_str(), "action" | "resource") || x.is_string()
+                        });
+                        true
+                    }
+                    _ => false,
+                });
+                true
+            }
+            _ => false,
+        },
+        Ty::Obj(props) => match v {
+            Value::Object(m) => {
+                conform_props(m, props);
+                true
+            }
+            _ => false,
+        },
+    }
+}
+
+fn conform_props(m: &mut Map<String, Value>, props: &[(&str, Ty)]) {
+    for (key, ty) in props {
+        if let Some(v) = m.get_mut(*key) {
+            if !conform(v, *ty) {
+                m.remove(*key);
+            }
+        }
+    }
+}
+
+/// Turns a stored body into LaunchDarkly's `AuditLogEntryListingRep` shape, valid against
+/// that schema whatever the body holds (LaunchDarkly's API clients reject a whole page for
+/// one invalid item).
 ///
 /// A REST entry is returned as stored. A hook default payload gains `date` (from
 /// `timestamp.milliseconds`), `accesses` (empty when absent) and the required strings;
-/// its other fields (`timestamp`, `markdownTitle`, ...) are kept.
+/// optional properties of the wrong type (the default payload's `"target": {"_links": null}`)
+/// are dropped; its other fields (`timestamp`, `markdownTitle`, ...) are kept. The stored
+/// bytes are not changed: this is the read shape only.
 pub fn listing_rep(raw: &str, date: i64, id: &str) -> Value {
     let mut map: Map<String, Value> = match serde_json::from_str(raw) {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     };
-    if !map.contains_key("_links") {
-        let href = format!("/api/v2/auditlog/{id}");
-        map.insert(
-            "_links".into(),
-            serde_json::json!({"self": {"href": href, "type": "application/json"}}),
-        );
+    let links_ok = map.get_mut("_links").is_some_and(|l| conform(l, Ty::Links));
+    if !links_ok {
+        map.insert("_links".into(), Value::Object(Map::new()));
     }
+    if let Some(Value::Object(links)) = map.get_mut("_links") {
+        if !links.contains_key("self") {
+            let href = format!("/api/v2/auditlog/{id}");
+            links.insert(
+                "self".into(),
+                serde_json::json!({"href": href, "type": "application/json"}),
+            );
+        }
+    }
+    map.insert("_id".into(), Value::String(id.to_owned()));
     if !map.get("date").is_some_and(Value::is_i64) {
         map.insert("date".into(), Value::from(date));
     }
-    if !map.get("accesses").is_some_and(Value::is_array) {
+    let accesses_ok = map
+        .get_mut("accesses")
+        .is_some_and(|a| conform(a, Ty::Accesses));
+    if !accesses_ok {
         map.insert("accesses".into(), Value::Array(Vec::new()));
     }
-    for key in REQUIRED_STRINGS.iter().chain(["shortDescription"].iter()) {
-        if !map.get(*key).is_some_and(Value::is_string) {
-            map.insert((*key).into(), Value::String(String::new()));
+    for key in REQUIRED_STRINGS {
+        if !map.get(key).is_some_and(Value::is_string) {
+            map.insert(key.into(), Value::String(String::new()));
         }
     }
+    conform_props(&mut map, ENTRY_OPTIONAL);
     Value::Object(map)
 }
 

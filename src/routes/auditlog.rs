@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::error::{ApiError, Result};
 use crate::event::listing_rep;
-use crate::store::{Cursor, Filter};
+use crate::store::{Cursor, Filter, PageSpec};
 use crate::AppState;
 
 /// Path of the listing route.
@@ -21,6 +21,11 @@ pub const LIST_PATH: &str = "/api/v2/auditlog";
 pub const DEFAULT_LIMIT: usize = 10;
 /// Largest page size.
 pub const MAX_LIMIT: usize = 1000;
+/// Largest `offset`.
+pub const MAX_OFFSET: usize = 100_000_000;
+/// Raw bytes of entries one page holds at most (at least one entry): with large events a
+/// page ends early and `_links.next` carries on, so a reader's memory follows bytes, not rows.
+pub const PAGE_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Read routes of the LaunchDarkly-compatible API.
 pub fn router() -> Router<AppState> {
@@ -34,6 +39,8 @@ pub fn router() -> Router<AppState> {
 pub struct ListParams {
     pub filter: Filter,
     pub limit: usize,
+    /// Matching entries to skip first, as LaunchDarkly's list endpoints take `offset`.
+    pub offset: usize,
     pub cursor: Option<Cursor>,
     /// The parameters as received, except `cursor`, to build links from.
     pub passthrough: Vec<(String, String)>,
@@ -90,6 +97,18 @@ pub fn parse_list_params(query: Option<&str>) -> Result<ListParams> {
         match key.as_ref() {
             k if apply_filter_param(&mut p.filter, k, &value)? => {}
             "limit" => p.limit = parse_limit(&value, MAX_LIMIT)?,
+            "offset" => {
+                p.offset = value
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= MAX_OFFSET)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "parameter `offset` must be an integer from 0 to {MAX_OFFSET}, got {value:?}"
+                        ))
+                    })?;
+            }
             "cursor" => {
                 p.cursor = Some(parse_cursor(&value).ok_or_else(|| {
                     ApiError::bad_request("parameter `cursor` is not one this server issued; follow `_links.next` as given")
@@ -134,11 +153,17 @@ async fn list_entries(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>> {
     let params = parse_list_params(query.as_deref())?;
-    let mut rows = store
-        .list_newest(&params.filter, params.cursor.as_ref(), params.limit + 1)
+    let page = PageSpec {
+        offset: params.offset,
+        limit: params.limit + 1,
+        max_bytes: PAGE_MAX_BYTES,
+    };
+    let listed = store
+        .list_page(&params.filter, params.cursor.as_ref(), page)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let more = rows.len() > params.limit;
+    let mut rows = listed.rows;
+    let more = rows.len() > params.limit || listed.cut;
     rows.truncate(params.limit);
     let mut links = serde_json::Map::new();
     links.insert(
@@ -151,10 +176,14 @@ async fn list_entries(
                 date: last.date,
                 id: last.id.clone(),
             };
-            links.insert(
-                "next".into(),
-                link(LIST_PATH, &params.passthrough, Some(&next)),
-            );
+            // The cursor already stands past the skipped entries.
+            let rest: Vec<(String, String)> = params
+                .passthrough
+                .iter()
+                .filter(|(k, _)| k != "offset")
+                .cloned()
+                .collect();
+            links.insert("next".into(), link(LIST_PATH, &rest, Some(&next)));
         }
     }
     let items: Vec<Value> = rows

@@ -75,6 +75,26 @@ pub struct ExportRow {
     pub raw: Option<String>,
 }
 
+/// Which slice of a newest-first listing to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSpec {
+    /// Matching events to skip first (after the cursor), as LaunchDarkly's `offset`.
+    pub offset: usize,
+    /// Events to return at most.
+    pub limit: usize,
+    /// Bytes of raw bodies to return at most: rows stop before the one that would pass it
+    /// (the first row is always returned), so memory follows bytes, not rows.
+    pub max_bytes: usize,
+}
+
+/// A page of a listing: the rows, and whether the byte budget cut it short.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listed {
+    pub rows: Vec<StoredEvent>,
+    /// True when more rows matched than `max_bytes` let through.
+    pub cut: bool,
+}
+
 /// One stored event as readers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -212,9 +232,25 @@ impl Store {
         cursor: Option<&Cursor>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        let page = PageSpec {
+            offset: 0,
+            limit,
+            max_bytes: usize::MAX,
+        };
+        Ok(self.list_page(filter, cursor, page).await?.rows)
+    }
+
+    /// A page of the events matching `filter`, newest first, strictly after `cursor`,
+    /// skipping `page.offset`, bounded by `page.limit` rows and `page.max_bytes` bytes.
+    pub async fn list_page(
+        &self,
+        filter: &Filter,
+        cursor: Option<&Cursor>,
+        page: PageSpec,
+    ) -> Result<Listed, StoreError> {
         match self {
-            Store::Sqlite(s) => s.list_newest(filter.clone(), cursor.cloned(), limit).await,
-            Store::Postgres(s) => s.list_newest(filter, cursor, limit).await,
+            Store::Sqlite(s) => s.list_newest(filter.clone(), cursor.cloned(), page).await,
+            Store::Postgres(s) => s.list_newest(filter, cursor, page).await,
         }
     }
 

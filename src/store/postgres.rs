@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
-    BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, StoreError, StoredEvent,
+    BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec, StoreError,
+    StoredEvent,
 };
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
@@ -161,8 +162,8 @@ impl PgStore {
         &self,
         filter: &Filter,
         cursor: Option<&Cursor>,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+        page: PageSpec,
+    ) -> Result<Listed, StoreError> {
         let text_search = filter.q.is_some() || filter.spec.is_some();
         let newest = |head: &str, candidates: bool| {
             let mut q = SqlBuilder::new(head);
@@ -174,7 +175,8 @@ impl PgStore {
             }
             if candidates {
                 // Common terms: the newest few thousand events usually hold a page of
-                // matches, and then they are the newest matches of all.
+                // matches, and then they are the newest matches of all (the candidates are
+                // a prefix of the events in this order, so their matches are a prefix).
                 let n = q.arg(Arg::I64(self.newest_candidates));
                 q.sql.push_str(&format!(
                     " ORDER BY date DESC, id DESC LIMIT ${n}) c WHERE true"
@@ -183,9 +185,11 @@ impl PgStore {
             } else {
                 q.text_filter(filter);
             }
-            let l = q.arg(Arg::I64(limit as i64));
-            q.sql
-                .push_str(&format!(" ORDER BY date DESC, id DESC LIMIT ${l}"));
+            let l = q.arg(Arg::I64(page.limit.min(i64::MAX as usize) as i64));
+            let o = q.arg(Arg::I64(page.offset.min(i64::MAX as usize) as i64));
+            q.sql.push_str(&format!(
+                " ORDER BY date DESC, id DESC LIMIT ${l} OFFSET ${o}"
+            ));
             q
         };
         if text_search && self.newest_candidates > 0 {
@@ -194,21 +198,32 @@ impl PgStore {
                  FROM events WHERE true",
                 true,
             );
-            let rows = q.query().fetch_all(&self.pool).await?;
-            if rows.len() >= limit {
-                return Ok(rows
-                    .iter()
-                    .map(row_to_event)
-                    .collect::<Result<Vec<_>, _>>()?);
+            let listed = self.fetch_listed(&q, page.max_bytes).await?;
+            if listed.rows.len() >= page.limit || listed.cut {
+                return Ok(listed);
             }
         }
         // Rare terms: the trigram index plus the events it has not indexed yet.
         let q = newest("SELECT seq, id, date, raw FROM events WHERE true", false);
-        let rows = q.query().fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(row_to_event)
-            .collect::<Result<Vec<_>, _>>()?)
+        self.fetch_listed(&q, page.max_bytes).await
+    }
+
+    /// Streams a listing query's rows until `max_bytes` of raw bodies (at least one row).
+    async fn fetch_listed(&self, q: &SqlBuilder, max_bytes: usize) -> Result<Listed, StoreError> {
+        use futures_util::TryStreamExt;
+        let mut stream = q.query().fetch(&self.pool);
+        let mut listed = Listed::default();
+        let mut bytes = 0usize;
+        while let Some(r) = stream.try_next().await? {
+            let row = row_to_event(&r)?;
+            bytes = bytes.saturating_add(row.raw.len());
+            if bytes > max_bytes && !listed.rows.is_empty() {
+                listed.cut = true;
+                break;
+            }
+            listed.rows.push(row);
+        }
+        Ok(listed)
     }
 
     pub(super) async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

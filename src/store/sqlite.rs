@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
-    BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, StoreError, StoredEvent,
+    BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec, StoreError,
+    StoredEvent,
 };
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
@@ -246,31 +247,32 @@ impl SqliteStore {
         &self,
         filter: Filter,
         cursor: Option<Cursor>,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+        page: PageSpec,
+    ) -> Result<Listed, StoreError> {
         let candidates = self.newest_candidates;
         self.read(move |c| {
             let text_search = filter.q.is_some() || filter.spec.is_some();
             if !text_search {
-                return newest(c, &filter, cursor.as_ref(), limit, Scope::All);
+                return newest(c, &filter, cursor.as_ref(), page, Scope::All);
             }
             // Common terms: the newest few thousand candidates usually hold a page of
-            // matches, and then they are the newest matches of all.
+            // matches, and then they are the newest matches of all (the candidates are a
+            // prefix of the events in this order, so their matches are a prefix of all).
             if candidates > 0 {
-                let rows = newest(
+                let listed = newest(
                     c,
                     &filter,
                     cursor.as_ref(),
-                    limit,
+                    page,
                     Scope::NewestCandidates(candidates),
                 )?;
-                if rows.len() >= limit {
-                    return Ok(rows);
+                if listed.rows.len() >= page.limit || listed.cut {
+                    return Ok(listed);
                 }
             }
             // Rare terms: the trigram index, plus the events it has not indexed yet.
             let Some(matcher) = fts_match(&filter) else {
-                return newest(c, &filter, cursor.as_ref(), limit, Scope::All);
+                return newest(c, &filter, cursor.as_ref(), page, Scope::All);
             };
             let indexed: i64 =
                 c.query_row("SELECT indexed_seq FROM search_state", [], |r| r.get(0))?;
@@ -278,7 +280,7 @@ impl SqliteStore {
                 c,
                 &filter,
                 cursor.as_ref(),
-                limit,
+                page,
                 Scope::Indexed { matcher, indexed },
             )
         })
@@ -612,14 +614,14 @@ enum Scope {
     },
 }
 
-/// Up to `limit` events matching `filter`, newest first, strictly after `cursor`.
+/// A page of the events matching `filter`, newest first, strictly after `cursor`.
 fn newest(
     c: &Connection,
     filter: &Filter,
     cursor: Option<&Cursor>,
-    limit: usize,
+    page: PageSpec,
     scope: Scope,
-) -> rusqlite::Result<Vec<StoredEvent>> {
+) -> rusqlite::Result<Listed> {
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
     let mut base = String::from("1 = 1");
     push_filter_parts(filter, &mut base, &mut args, Parts::NonText);
@@ -654,14 +656,27 @@ fn newest(
         }
     }
     push_filter_parts(filter, &mut sql, &mut args, Parts::Text);
-    args.push(Box::new(limit as i64));
+    args.push(Box::new(page.limit.min(i64::MAX as usize) as i64));
+    args.push(Box::new(page.offset.min(i64::MAX as usize) as i64));
     sql.push_str(&format!(
-        " ORDER BY date DESC, id DESC LIMIT ?{}",
+        " ORDER BY date DESC, id DESC LIMIT ?{} OFFSET ?{}",
+        args.len() - 1,
         args.len()
     ));
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(params_from_iter(args.iter()), row_to_event)?;
-    rows.collect()
+    let mut listed = Listed::default();
+    let mut bytes = 0usize;
+    for row in rows {
+        let row = row?;
+        bytes = bytes.saturating_add(row.raw.len());
+        if bytes > page.max_bytes && !listed.rows.is_empty() {
+            listed.cut = true;
+            break;
+        }
+        listed.rows.push(row);
+    }
+    Ok(listed)
 }
 
 /// Characters of each literal the index query uses: reading a trigram's postings costs

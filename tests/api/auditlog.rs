@@ -369,3 +369,164 @@ async fn rare_terms_are_found_through_the_index_and_in_the_unindexed_tail() {
     );
     store.close().await;
 }
+
+#[tokio::test]
+async fn documented_default_hook_payload_reads_back_as_a_valid_listing_rep() {
+    let Some(validator) = listing_rep_validator() else {
+        crate::skips::skip("../shared/reference/ld-rest-api-get-audit-log-entries.md is absent");
+        return;
+    };
+    let app = spawn_app().await;
+    // LaunchDarkly's documented default payload carries `"target": {"_links": null, ...}`,
+    // which its API clients reject where a `TargetResourceRep` is expected.
+    let hook = hook_payload("5defe6d6a3a5a1082fbe3212", 1_700_000_000_000);
+    assert!(hook["target"]["_links"].is_null());
+    let mut odd = rest_entry("odd", 1_700_000_000_001, "odd", "proj/x", "m1");
+    odd["member"]["_links"] = Value::Null;
+    odd["token"] = serde_json::json!({"_id": "t1", "name": "t", "serviceToken": "yes"});
+    odd["_links"] = serde_json::json!({"self": {"href": 1}, "site": null});
+    odd["kind"] = Value::Null;
+    odd["app"] = serde_json::json!("not an object");
+    odd["parent"] = serde_json::json!({"_links": 5, "name": "p", "resource": ["x"]});
+    odd["subject"] = Value::Null;
+    for body in [&hook, &odd] {
+        assert_eq!(app.post_event(body.to_string()).await.status(), 202);
+    }
+    let list = app.read("/api/v2/auditlog").await;
+    assert_eq!(list.status(), 200);
+    let page: Value = list.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    for item in page["items"].as_array().unwrap() {
+        assert!(validator.is_valid(item), "{item}");
+    }
+    let one: Value = app
+        .read("/api/v2/auditlog/5defe6d6a3a5a1082fbe3212")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(validator.is_valid(&one));
+    assert!(one["target"].get("_links").is_none());
+    assert_eq!(one["target"]["name"], "");
+    assert_eq!(one["title"], hook["title"]);
+    let odd_read: Value = app.read("/api/v2/auditlog/odd").await.json().await.unwrap();
+    assert_eq!(odd_read["kind"], "");
+    assert!(odd_read.get("app").is_none());
+    assert!(odd_read.get("subject").is_none());
+    assert_eq!(odd_read["parent"], serde_json::json!({"name": "p"}));
+    assert_eq!(
+        odd_read["token"],
+        serde_json::json!({"_id": "t1", "name": "t"})
+    );
+    assert_eq!(odd_read["_links"]["self"]["href"], "/api/v2/auditlog/odd");
+    // The stored bytes are as received: only the read shape is adapted.
+    assert_eq!(
+        app.stored_raw("5defe6d6a3a5a1082fbe3212").unwrap(),
+        hook.to_string()
+    );
+}
+
+#[tokio::test]
+async fn offset_pages_as_the_airbyte_connector_does() {
+    let app = spawn_app().await;
+    let mut events = Vec::new();
+    for i in 0..130i64 {
+        // Groups of five share a millisecond.
+        let ms = 1_700_000_000_000 + (i / 5) * 1000;
+        events.push(rest_entry(&format!("e{i:03}"), ms, "f", "proj/x", "m1"));
+    }
+    post_all(&app, events).await;
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = app
+            .read(&format!("/api/v2/auditlog?limit=20&offset={offset}"))
+            .await;
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().await.unwrap();
+        let items = page["items"].as_array().unwrap();
+        seen.extend(items.iter().map(|i| i["_id"].as_str().unwrap().to_owned()));
+        if items.len() < 20 {
+            break;
+        }
+        offset += 20;
+        assert!(offset < 1000, "offset paging does not end");
+    }
+    let mut expected: Vec<String> = (0..130).map(|i| format!("e{i:03}")).collect();
+    // Newest first: dates descending, then `_id` descending.
+    expected.sort_by(|a, b| {
+        let (ia, ib): (i64, i64) = (a[1..].parse().unwrap(), b[1..].parse().unwrap());
+        (ib / 5, b).cmp(&(ia / 5, a))
+    });
+    assert_eq!(seen, expected);
+    // Offset together with filters, and a next link that continues without the offset.
+    let page: Value = app
+        .read("/api/v2/auditlog?limit=3&offset=125&q=e00")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 0);
+    let page: Value = app
+        .read("/api/v2/auditlog?limit=3&offset=2&spec=proj/x&before=1700000001000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["e002", "e001", "e000"]);
+    let page: Value = app
+        .read("/api/v2/auditlog?limit=2&offset=1&before=1700000001000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let next = page["_links"]["next"]["href"].as_str().unwrap();
+    assert!(!next.contains("offset"), "{next}");
+    let (rest, _) = page_all(&app, next).await;
+    assert_eq!(rest, ["e001", "e000"]);
+    for bad in ["-1", "x", "100000001"] {
+        let r = app.read(&format!("/api/v2/auditlog?offset={bad}")).await;
+        assert_eq!(r.status(), 400, "offset={bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("offset"));
+    }
+}
+
+#[tokio::test]
+async fn a_page_of_large_events_is_capped_in_bytes_and_continues() {
+    let app = spawn_app().await;
+    // 40 events of ~900 KB: 36 MB in all, more than two pages' byte budget.
+    let filler = "x".repeat(900 * 1024);
+    let mut events = Vec::new();
+    for i in 0..40i64 {
+        let mut e = rest_entry(
+            &format!("big{i:02}"),
+            1_700_000_000_000 + i,
+            "f",
+            "proj/x",
+            "m1",
+        );
+        e["comment"] = Value::String(filler.clone());
+        events.push(e);
+    }
+    post_all(&app, events).await;
+    let first: Value = app
+        .read("/api/v2/auditlog?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let n = first["items"].as_array().unwrap().len();
+    // 16 MiB of raw bodies: 18 events of ~900 KB.
+    assert_eq!(n, 18);
+    let (ids, pages) = page_all(&app, "/api/v2/auditlog?limit=1000").await;
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..40).rev().map(|i| format!("big{i:02}")).collect();
+    assert_eq!(ids, expected);
+}

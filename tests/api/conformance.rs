@@ -9,13 +9,7 @@ use audithook::render::{self, Renderer};
 use serde_json::Value;
 
 pub fn corpus_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance");
-    if dir.join("index.json").exists() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: the conformance corpus ../shared/conformance is absent");
-        None
-    }
+    crate::skips::shared_dir("conformance", "index.json")
 }
 
 fn read_json(path: PathBuf) -> Value {

@@ -102,13 +102,45 @@ impl TestApp {
     }
 
     /// GET on a read route with the bare read token, as LaunchDarkly clients send it.
+    /// Every `200` of `/api/v2/auditlog[/{id}]` is checked against LaunchDarkly's
+    /// `AuditLogEntryListingRep` schema on the way (the shape its API clients require).
     pub async fn read(&self, path_and_query: &str) -> reqwest::Response {
-        self.client
+        let resp = self
+            .client
             .get(format!("{}{}", self.base, path_and_query))
             .header("authorization", API_TOKEN)
             .send()
             .await
-            .unwrap()
+            .unwrap();
+        if !path_and_query.starts_with("/api/v2/auditlog") || resp.status() != 200 {
+            return resp;
+        }
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap();
+        if let Some(validator) = listing_rep_validator() {
+            let body: Value = serde_json::from_slice(&bytes).expect("a JSON answer");
+            let items: Vec<&Value> = match body.get("items") {
+                Some(Value::Array(items)) => items.iter().collect(),
+                _ => vec![&body],
+            };
+            for item in items {
+                let errors: Vec<String> = validator
+                    .iter_errors(item)
+                    .map(|e| format!("{} at {}", e, e.instance_path()))
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{path_and_query}: item {} is not a valid AuditLogEntryListingRep: {errors:?}",
+                    item["_id"]
+                );
+            }
+        }
+        let mut builder = http::Response::builder().status(status);
+        for (k, v) in &headers {
+            builder = builder.header(k, v);
+        }
+        reqwest::Response::from(builder.body(bytes).unwrap())
     }
 
     /// Every stored `_id` in arrival order, read straight from the database.
@@ -120,6 +152,38 @@ impl TestApp {
     pub fn stored_raw(&self, id: &str) -> Option<String> {
         stored_raw_at(&self.url, id)
     }
+}
+
+/// LaunchDarkly's `AuditLogEntryListingRep` schema (with the schemas it references), from
+/// the OpenAPI document in `../shared/reference/ld-rest-api-get-audit-log-entries.md`.
+pub fn listing_rep_validator() -> Option<&'static jsonschema::Validator> {
+    static VALIDATOR: std::sync::OnceLock<Option<jsonschema::Validator>> =
+        std::sync::OnceLock::new();
+    VALIDATOR
+        .get_or_init(|| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/reference/ld-rest-api-get-audit-log-entries.md");
+            let Ok(doc) = std::fs::read_to_string(&path) else {
+                assert!(
+                    !crate::skips::under_ci(),
+                    "{} is absent; under CI it must be there",
+                    path.display()
+                );
+                return None;
+            };
+            let yaml = doc
+                .split("```yaml")
+                .nth(1)
+                .and_then(|rest| rest.split("```").next())
+                .expect("the reference holds a yaml block");
+            let spec: Value = serde_yaml::from_str(yaml).expect("the OpenAPI document parses");
+            let schema = json!({
+                "$ref": "#/components/schemas/AuditLogEntryListingRep",
+                "components": spec["components"],
+            });
+            Some(jsonschema::draft202012::new(&schema).expect("the schema compiles"))
+        })
+        .as_ref()
 }
 
 /// Every `_id` stored in the database at `url`, in arrival order, read without the app.
@@ -246,9 +310,8 @@ pub fn postgres_url() -> Option<String> {
                 std::env::var_os("AUDITHOOK_REQUIRE_POSTGRES").is_none(),
                 "AUDITHOOK_REQUIRE_POSTGRES is set but AUDITHOOK_TEST_POSTGRES_URL is not"
             );
-            eprintln!(
-                "skipping the Postgres case: AUDITHOOK_TEST_POSTGRES_URL is not set \
-                 (eval \"$(.ci/postgres)\" starts a server and sets it)"
+            crate::skips::skip(
+                "AUDITHOOK_TEST_POSTGRES_URL is not set (eval \"$(.ci/postgres)\" starts a server and sets it)",
             );
             None
         }

@@ -7,6 +7,7 @@ mod export;
 mod helpers;
 mod instances;
 mod search_diff;
+mod skips;
 mod store;
 mod templates;
 mod webhook;
