@@ -6,6 +6,22 @@ use serde_json::{Map, Value};
 
 /// Longest `_id` accepted (LaunchDarkly's are 24 hex characters).
 pub const MAX_ID_LEN: usize = 128;
+/// Deepest nesting of arrays and objects accepted in an event (the body itself is 1): a
+/// listing wraps an event two levels deeper, and JSON readers commonly stop at 128.
+pub const MAX_DEPTH: usize = 120;
+
+/// How deep arrays and objects nest in `v` (a scalar is 0). `v` came from serde_json, which
+/// stops at 128 levels, so the recursion is bounded.
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Latest event time accepted: 9999-12-31T23:59:59.999Z, the last one RFC 3339 can write.
+pub const MAX_DATE_MS: i64 = 253_402_300_799_999;
 
 /// Where an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,10 +83,14 @@ pub enum EventError {
     NotObject(&'static str),
     #[error("event has no `_id` string")]
     MissingId,
-    #[error("event `_id` must be 1 to {MAX_ID_LEN} characters")]
+    #[error("event `_id` must be 1 to {MAX_ID_LEN} characters, not only whitespace, with no control characters")]
     BadId,
     #[error("event has no time: expected `date` (epoch ms) or `timestamp.milliseconds`")]
     MissingTime,
+    #[error("event nests arrays and objects more than {MAX_DEPTH} deep (recursion limit), which readers wrapping it in a listing could not parse")]
+    TooDeep,
+    #[error("event `{field}` must be epoch milliseconds from 0 to {MAX_DATE_MS} (1970 to year 9999), got {value}")]
+    BadTime { field: &'static str, value: i64 },
     #[error("event field has the wrong type: {0}")]
     WrongType(String),
 }
@@ -131,16 +151,44 @@ struct Target {
 }
 
 /// Validates a body and extracts the stored columns. The raw bytes are kept unchanged.
+///
+/// The whole body is parsed as every reader parses it (JSON nested at most 128 deep, no
+/// lone surrogate escapes), so whatever is accepted here reads back whole on every path.
 pub fn normalise(body: &[u8], source: Source) -> Result<NewEvent, EventError> {
-    let incoming: Incoming = serde_json::from_slice(body).map_err(|e| classify(body, e))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| classify(body, e))?;
+    if !value.is_object() {
+        return Err(EventError::NotObject(match value {
+            Value::Array(_) => "an array",
+            Value::String(_) => "a string",
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            _ => "a number",
+        }));
+    }
+    if depth(&value) > MAX_DEPTH {
+        return Err(EventError::TooDeep);
+    }
+    let incoming =
+        Incoming::deserialize(&value).map_err(|e| EventError::WrongType(e.to_string()))?;
     let id = incoming.id.ok_or(EventError::MissingId)?.into_owned();
-    if id.is_empty() || id.len() > MAX_ID_LEN {
+    if id.is_empty()
+        || id.len() > MAX_ID_LEN
+        || id.trim().is_empty()
+        || id.chars().any(char::is_control)
+    {
         return Err(EventError::BadId);
     }
-    let date = incoming
-        .date
-        .or_else(|| incoming.timestamp.and_then(|t| t.milliseconds))
-        .ok_or(EventError::MissingTime)?;
+    let (field, date) = match (
+        incoming.date,
+        incoming.timestamp.and_then(|t| t.milliseconds),
+    ) {
+        (Some(d), _) => ("date", d),
+        (None, Some(ms)) => ("timestamp.milliseconds", ms),
+        (None, None) => return Err(EventError::MissingTime),
+    };
+    if !(0..=MAX_DATE_MS).contains(&date) {
+        return Err(EventError::BadTime { field, value: date });
+    }
     let accesses = incoming.accesses.unwrap_or_default();
     let mut resources: Vec<&str> = accesses.iter().map(|a| a.resource.as_str()).collect();
     if let Some(target) = &incoming.target {
@@ -219,6 +267,28 @@ fn classify(body: &[u8], e: serde_json::Error) -> EventError {
             }
         }
     }
+}
+
+/// A stored body as a JSON object. Ingest accepts only bodies that parse, so this is the
+/// body itself; a row written before that check that no longer parses reads as `{}` (the
+/// readers fill in `_id` and `date` from the row), never as an error.
+pub fn parse_stored(raw: &str) -> Value {
+    match serde_json::from_str(raw) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => Value::Object(Map::new()),
+    }
+}
+
+/// A stored entry as the template context is made from: its body, with `_id` and `date`
+/// from the row when the body lacks them.
+pub fn stored_entry(raw: &str, id: &str, date: i64) -> Value {
+    let mut entry = parse_stored(raw);
+    if let Value::Object(m) = &mut entry {
+        m.entry("_id")
+            .or_insert_with(|| Value::String(id.to_owned()));
+        m.entry("date").or_insert_with(|| Value::from(date));
+    }
+    entry
 }
 
 /// The type of one property of LaunchDarkly's `AuditLogEntryListingRep` and the schemas it
@@ -366,8 +436,8 @@ fn conform_props(m: &mut Map<String, Value>, props: &[(&str, Ty)]) {
 /// are dropped; its other fields (`timestamp`, `markdownTitle`, ...) are kept. The stored
 /// bytes are not changed: this is the read shape only.
 pub fn listing_rep(raw: &str, date: i64, id: &str) -> Value {
-    let mut map: Map<String, Value> = match serde_json::from_str(raw) {
-        Ok(Value::Object(m)) => m,
+    let mut map = match parse_stored(raw) {
+        Value::Object(m) => m,
         _ => Map::new(),
     };
     let links_ok = map.get_mut("_links").is_some_and(|l| conform(l, Ty::Links));

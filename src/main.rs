@@ -201,7 +201,7 @@ async fn preview(mut config: Config, args: PreviewArgs) -> anyhow::Result<()> {
             let row = store.get(id).await?;
             store.close().await;
             let row = row.ok_or_else(|| anyhow::anyhow!("no stored event with _id {id:?}"))?;
-            let entry: serde_json::Value = serde_json::from_str(&row.raw)?;
+            let entry = audithook::event::stored_entry(&row.raw, &row.id, row.date);
             render::context::template_context(&entry, &config.ld_base_url)
         }
         (None, None) => anyhow::bail!("give --context FILE or --event ID"),

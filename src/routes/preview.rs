@@ -119,8 +119,7 @@ async fn create_preview(
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
             let row =
                 row.ok_or_else(|| ApiError::not_found(format!("no stored event with _id {id:?}")))?;
-            let entry: Value =
-                serde_json::from_str(&row.raw).map_err(|e| ApiError::Internal(e.into()))?;
+            let entry = crate::event::stored_entry(&row.raw, &row.id, row.date);
             template_context(&entry, &state.cfg.ld_base_url)
         }
         _ => {

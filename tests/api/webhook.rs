@@ -423,3 +423,117 @@ async fn generated_tokens_are_kept_and_reused_and_differ() {
         .collect();
     assert_eq!(keys, vec!["api_token_sha256", "hook_token_sha256"]);
 }
+
+/// A body nesting `depth` arrays in an unchecked field.
+fn nested(id: &str, depth: usize) -> String {
+    format!(
+        r#"{{"_id":"{id}","date":1700000000000,"kind":"flag","deep":{}1{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    )
+}
+
+#[tokio::test]
+async fn what_the_readers_cannot_parse_is_refused_at_ingest_and_the_rest_reads_back_whole() {
+    let app = spawn_app().await;
+    // The fuzzer's finds: deeper than the readers' JSON limit (128), a lone surrogate.
+    let refused: Vec<(String, &str)> = vec![
+        (nested("deep", 200), "recursion limit"),
+        (nested("deep2", 120), "recursion limit"),
+        (
+            r#"{"_id":"sur","date":1700000000000,"comment":"\ud800"}"#.to_owned(),
+            "escape",
+        ),
+        (
+            r#"{"_id":"sur2","date":1700000000000,"x":{"y":"a\udfffb"}}"#.to_owned(),
+            "escape",
+        ),
+    ];
+    for (body, expect) in &refused {
+        let r = app.post_event(body.clone()).await;
+        assert_eq!(r.status(), 400, "{expect}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["code"], "invalid_event");
+        assert!(err["message"].as_str().unwrap().contains(expect), "{err}");
+    }
+    // Just inside the limit: accepted, and every reader gets it back whole.
+    let ok = nested("deep-ok", 119);
+    assert_eq!(app.post_event(ok.clone()).await.status(), 202);
+    assert_eq!(app.stored_ids(), ["deep-ok"]);
+    let one: Value = app
+        .read("/api/v2/auditlog/deep-ok")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["_id"], "deep-ok");
+    assert_eq!(one["date"], 1_700_000_000_000i64);
+    assert_eq!(one["kind"], "flag");
+    let list: Value = app.read("/api/v2/auditlog").await.json().await.unwrap();
+    assert_eq!(list["items"][0]["_id"], "deep-ok");
+    let preview = app
+        .client
+        .post(format!("{}/preview", app.base))
+        .header("authorization", API_TOKEN)
+        .json(&serde_json::json!({"template": "{{_id}} {{timestamp.milliseconds}}", "event": "deep-ok"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.status(), 200);
+    assert_eq!(preview.text().await.unwrap(), "deep-ok 1700000000000");
+    let ndjson = app.read("/export.ndjson").await.text().await.unwrap();
+    assert_eq!(ndjson.lines().count(), 1);
+    assert!(ndjson.contains("\"deep-ok\""));
+}
+
+#[tokio::test]
+async fn times_out_of_range_and_bad_ids_get_400_naming_the_field() {
+    let app = spawn_app().await;
+    let cases: Vec<(Value, &str)> = vec![
+        (serde_json::json!({"_id": "a", "date": -1}), "`date`"),
+        (serde_json::json!({"_id": "a", "date": i64::MAX}), "`date`"),
+        (serde_json::json!({"_id": "a", "date": -i64::MAX}), "`date`"),
+        (
+            serde_json::json!({"_id": "a", "date": 253_402_300_800_000i64}),
+            "`date`",
+        ),
+        (
+            serde_json::json!({"_id": "a", "timestamp": {"milliseconds": -5}}),
+            "`timestamp.milliseconds`",
+        ),
+        (
+            serde_json::json!({"_id": "a", "timestamp": {"milliseconds": i64::MAX}}),
+            "`timestamp.milliseconds`",
+        ),
+        (serde_json::json!({"_id": "   ", "date": 1}), "`_id`"),
+        (serde_json::json!({"_id": "a\u{0}b", "date": 1}), "`_id`"),
+        (serde_json::json!({"_id": "\t\n", "date": 1}), "`_id`"),
+    ];
+    for (body, field) in &cases {
+        let r = app.post_event(body.to_string()).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let err: Value = r.json().await.unwrap();
+        assert!(
+            err["message"].as_str().unwrap().contains(field),
+            "{body}: {err}"
+        );
+    }
+    assert!(app.stored_ids().is_empty());
+    // The edges themselves are accepted.
+    for (id, ms) in [("first", 0i64), ("last", 253_402_300_799_999)] {
+        let r = app
+            .post_event(serde_json::json!({"_id": id, "date": ms}).to_string())
+            .await;
+        assert_eq!(r.status(), 202, "{id}");
+    }
+    let csv = app
+        .read("/export.csv?columns=id,rfc3339")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        csv,
+        "id,rfc3339\nfirst,1970-01-01T00:00:00.000Z\nlast,9999-12-31T23:59:59.999Z\n"
+    );
+}
