@@ -75,6 +75,11 @@ pub struct Config {
     )]
     pub max_body: usize,
 
+    /// How long a request may take before it is answered `408` (until the first byte of a
+    /// streamed answer).
+    #[arg(long, env = "AUDITHOOK_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub request_timeout: std::time::Duration,
+
     /// LaunchDarkly API access token for backfill and catch-up.
     #[arg(long, env = "LD_API_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
     pub ld_api_token: Option<SecretString>,
@@ -119,6 +124,7 @@ impl Config {
             templates: PathBuf::from("templates"),
             timezone: "UTC".into(),
             max_body: 1_048_576,
+            request_timeout: std::time::Duration::from_secs(30),
             ld_api_token: None,
             catchup_interval: std::time::Duration::from_secs(600),
             catchup_overlap: std::time::Duration::from_secs(3600),

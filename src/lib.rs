@@ -14,7 +14,7 @@ pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
@@ -25,7 +25,6 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{HookAuth, ReadAuth};
@@ -69,11 +68,18 @@ pub fn app(state: AppState) -> Router {
         .merge(read)
         .merge(routes::health::router())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::client(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            )
+        })
         .layer(middleware::from_fn_with_state(state.clone(), record_latency))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
             tracing::info_span!("request", method = %req.method(), route = route.as_deref().unwrap_or("-"))
@@ -95,9 +101,43 @@ async fn require_read_token(State(state): State<AppState>, req: Request, next: N
     next.run(req).await
 }
 
+/// Answers `408` with the JSON error when a request's handler has not answered within
+/// `AUDITHOOK_REQUEST_TIMEOUT` (a body still arriving, a slow store). A streamed export is
+/// timed until its first byte; after that it runs as long as the client reads.
+async fn time_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.cfg.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::client(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request took longer than {}s (AUDITHOOK_REQUEST_TIMEOUT)",
+                limit.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// A method as a metric label: one of a fixed set.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 async fn record_latency(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()

@@ -16,7 +16,9 @@ pub struct ReasonLabel {
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    /// One of the standard methods, or `other`: label values come from a fixed set, so a
+    /// client inventing methods cannot grow the metric without bound.
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }

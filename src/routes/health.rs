@@ -22,9 +22,11 @@ async fn get_health(State(AppState { store, .. }): State<AppState>) -> impl Into
             tracing::warn!(error = %e, "health check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    serde_json::json!({"status": "unavailable", "message": "the store does not answer"}),
-                ),
+                Json(serde_json::json!({
+                    "code": "unavailable",
+                    "message": "the store does not answer; see the server log",
+                    "status": "unavailable"
+                })),
             )
         }
     }

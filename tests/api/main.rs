@@ -3,6 +3,7 @@
 mod auditlog;
 mod backfill;
 mod conformance;
+mod errors;
 mod export;
 mod helpers;
 mod instances;
