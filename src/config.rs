@@ -80,6 +80,10 @@ pub struct Config {
     #[arg(long, env = "AUDITHOOK_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
     pub request_timeout: std::time::Duration,
 
+    /// How long one `/preview` render may run before it is stopped with a `422`.
+    #[arg(long, env = "AUDITHOOK_RENDER_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub render_timeout: std::time::Duration,
+
     /// LaunchDarkly API access token for backfill and catch-up.
     #[arg(long, env = "LD_API_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
     pub ld_api_token: Option<SecretString>,
@@ -125,6 +129,7 @@ impl Config {
             timezone: "UTC".into(),
             max_body: 1_048_576,
             request_timeout: std::time::Duration::from_secs(30),
+            render_timeout: std::time::Duration::from_secs(10),
             ld_api_token: None,
             catchup_interval: std::time::Duration::from_secs(600),
             catchup_overlap: std::time::Duration::from_secs(3600),

@@ -42,6 +42,8 @@ pub struct AppState {
     pub hook_auth: Arc<HookAuth>,
     pub read_auth: Arc<ReadAuth>,
     pub renderer: Arc<render::Renderer>,
+    /// Cancelled when the service starts stopping: long work (a preview render) ends then.
+    pub shutdown: CancellationToken,
 }
 
 /// The router with every route and layer.
@@ -239,6 +241,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
         hook_auth: Arc::new(hook_auth),
         read_auth: Arc::new(ReadAuth { token: api_token }),
         renderer: Arc::new(renderer),
+        shutdown: CancellationToken::new(),
     })
 }
 
@@ -272,10 +275,11 @@ impl Application {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let shutdown = state.shutdown.clone();
         Ok(Self {
             listener,
             state,
-            shutdown: CancellationToken::new(),
+            shutdown,
         })
     }
 

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub ld_requests: Counter,
     pub ld_rate_limited: Counter,
     pub search_unindexed: Gauge,
+    pub renders_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -109,6 +110,12 @@ impl Metrics {
         let ld_requests = Counter::default();
         let ld_rate_limited = Counter::default();
         let search_unindexed = Gauge::default();
+        let renders_running = Gauge::default();
+        registry.register(
+            "preview_renders_running",
+            "Preview renders running now (each stops at its time limit, when its client goes away, or at shutdown)",
+            renders_running.clone(),
+        );
         registry.register(
             "search_unindexed_events",
             "Stored events not yet in the text-search index (they are scanned instead)",
@@ -153,6 +160,7 @@ impl Metrics {
             ld_requests,
             ld_rate_limited,
             search_unindexed,
+            renders_running,
             registry,
             events_received,
             events_stored,

@@ -310,8 +310,24 @@ struct DataFrame<'a> {
 /// Evaluated helper arguments (rarely more than three).
 type Args<'a> = smallvec::SmallVec<[Js<'a>; 3]>;
 
+/// Limits on one render: a deadline and a flag that stops it (the client went away, the
+/// service is stopping). Checked every [`CHECK_EVERY`] steps, so a render that cannot finish
+/// in time ends with an error instead of holding a core.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    pub deadline: Option<std::time::Instant>,
+    /// What the deadline was, for the message.
+    pub limit: std::time::Duration,
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Steps (nodes and `each` iterations) between two checks of the budget.
+const CHECK_EVERY: u32 = 1024;
+
 struct State<'a> {
     root: &'a Value,
+    budget: &'a Budget,
+    steps: u32,
     contexts: Vec<Js<'a>>,
     data: Vec<DataFrame<'a>>,
     block_params: Vec<(String, Js<'a>)>,
@@ -322,8 +338,21 @@ struct State<'a> {
 
 /// Renders lowered nodes over `data`.
 pub fn render(nodes: &[Node], data: &Value, tz: chrono_tz::Tz, max_output: usize) -> R<String> {
+    render_within(nodes, data, tz, max_output, &Budget::default())
+}
+
+/// Renders lowered nodes over `data` within `budget`.
+pub fn render_within(
+    nodes: &[Node],
+    data: &Value,
+    tz: chrono_tz::Tz,
+    max_output: usize,
+    budget: &Budget,
+) -> R<String> {
     let mut st = State {
         root: data,
+        budget,
+        steps: 0,
         contexts: vec![Js::Val(data)],
         data: Vec::new(),
         block_params: Vec::new(),
@@ -455,8 +484,34 @@ impl<'a> State<'a> {
         Ok(())
     }
 
+    /// Counts a step; every [`CHECK_EVERY`] steps, checks the budget.
+    #[inline]
+    fn tick(&mut self) -> R<()> {
+        self.steps = self.steps.wrapping_add(1);
+        if self.steps % CHECK_EVERY != 0 {
+            return Ok(());
+        }
+        if let Some(cancel) = &self.budget.cancel {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return fail(
+                    "rendering was stopped (the request ended or the service is stopping)",
+                );
+            }
+        }
+        if let Some(deadline) = self.budget.deadline {
+            if std::time::Instant::now() > deadline {
+                return fail(format!(
+                    "rendering took longer than the {}s limit (AUDITHOOK_RENDER_TIMEOUT)",
+                    self.budget.limit.as_secs_f64()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn nodes(&mut self, nodes: &[Node]) -> R<()> {
         for node in nodes {
+            self.tick()?;
             match node {
                 Node::Raw(s) => self.write(s, false)?,
                 Node::Out { call, escape, pos } => {
@@ -751,6 +806,7 @@ impl<'a> State<'a> {
         }
         let n = items.len();
         for (i, (key, item)) in items.into_iter().enumerate() {
+            self.tick()?;
             self.data.push(DataFrame {
                 index: i,
                 key: key.clone(),

@@ -22,6 +22,103 @@ use serde_json::{Map, Value};
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
 /// Largest rendered output.
 pub const MAX_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
+/// Deepest nesting of blocks (`{{#if}}`, `{{#each}}`, ...) a template may have.
+pub const MAX_BLOCK_DEPTH: usize = 64;
+/// Deepest nesting of subexpressions (`(helper (helper ...))`) a template may have.
+pub const MAX_SUBEXPR_DEPTH: usize = 32;
+
+pub use eval::Budget;
+
+/// Checks how deep blocks and subexpressions nest before the parser (which recurses once a
+/// level) sees the template, so that no input can exhaust a thread's stack. Comments are
+/// skipped; anything else that looks like an opening counts, which can only overcount.
+fn check_nesting(source: &str) -> Result<(), RenderFailure> {
+    let b = source.as_bytes();
+    let (mut i, mut line, mut col) = (0usize, 1usize, 1usize);
+    let mut blocks = 0usize;
+    let advance = |i: &mut usize, line: &mut usize, col: &mut usize, to: usize| {
+        let to = to.min(b.len());
+        for &c in &b[*i..to] {
+            if c == b'\n' {
+                *line += 1;
+                *col = 1;
+            } else {
+                *col += 1;
+            }
+        }
+        *i = to;
+    };
+    let too_deep = |what: &str, limit: usize, line: usize, col: usize| RenderFailure {
+        stage: "parse",
+        message: format!("{what} nest more than {limit} deep (the limit)"),
+        line: Some(line),
+        column: Some(col),
+    };
+    while i < b.len() {
+        if !b[i..].starts_with(b"{{") {
+            let to = i + 1;
+            advance(&mut i, &mut line, &mut col, to);
+            continue;
+        }
+        let (open_line, open_col) = (line, col);
+        // `{{{{raw}}}}` opens a raw block, closed by `{{{{/raw}}}}`.
+        let raw_open = b[i..].starts_with(b"{{{{") && b.get(i + 4) != Some(&b'/');
+        let mut j = i + 2;
+        while j < b.len() && matches!(b[j], b'{' | b'~' | b' ' | b'\t' | b'\n' | b'\r') {
+            j += 1;
+        }
+        // Comments may hold anything.
+        if b[j..].starts_with(b"!--") {
+            let end = source[j..].find("--}}").map_or(b.len(), |e| j + e + 4);
+            advance(&mut i, &mut line, &mut col, end);
+            continue;
+        }
+        if b[j..].starts_with(b"!") {
+            let end = source[j..].find("}}").map_or(b.len(), |e| j + e + 2);
+            advance(&mut i, &mut line, &mut col, end);
+            continue;
+        }
+        match b.get(j) {
+            _ if raw_open => {
+                blocks += 1;
+                if blocks > MAX_BLOCK_DEPTH {
+                    return Err(too_deep("blocks", MAX_BLOCK_DEPTH, open_line, open_col));
+                }
+            }
+            Some(b'#') => {
+                blocks += 1;
+                if blocks > MAX_BLOCK_DEPTH {
+                    return Err(too_deep("blocks", MAX_BLOCK_DEPTH, open_line, open_col));
+                }
+            }
+            Some(b'/') => blocks = blocks.saturating_sub(1),
+            _ => {}
+        }
+        // Subexpressions within this mustache.
+        let end = source[j..].find("}}").map_or(b.len(), |e| j + e);
+        let mut parens = 0usize;
+        for &c in &b[j..end] {
+            match c {
+                b'(' => {
+                    parens += 1;
+                    if parens > MAX_SUBEXPR_DEPTH {
+                        return Err(too_deep(
+                            "subexpressions",
+                            MAX_SUBEXPR_DEPTH,
+                            open_line,
+                            open_col,
+                        ));
+                    }
+                }
+                b')' => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+        }
+        let to = end.max(i + 2);
+        advance(&mut i, &mut line, &mut col, to);
+    }
+    Ok(())
+}
 
 /// Why a template could not be compiled or rendered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -165,6 +262,7 @@ impl Renderer {
                 ),
             ));
         }
+        check_nesting(source)?;
         let template = Template::compile(source).map_err(|e| RenderFailure::parse(&e))?;
         let nodes = eval::compile(&template).map_err(|e| RenderFailure::eval("parse", e))?;
         Ok(Compiled {
@@ -203,6 +301,17 @@ impl Renderer {
     /// Renders a compiled template over prepared data (see [`body_data`], [`endpoint_data`]).
     pub fn render(&self, compiled: &Compiled, data: &Value) -> Result<String, RenderFailure> {
         eval::render(&compiled.nodes, data, self.tz, MAX_OUTPUT_BYTES)
+            .map_err(|e| RenderFailure::eval("render", e))
+    }
+
+    /// [`Renderer::render`] within a time budget and a stop flag.
+    pub fn render_within(
+        &self,
+        compiled: &Compiled,
+        data: &Value,
+        budget: &Budget,
+    ) -> Result<String, RenderFailure> {
+        eval::render_within(&compiled.nodes, data, self.tz, MAX_OUTPUT_BYTES, budget)
             .map_err(|e| RenderFailure::eval("render", e))
     }
 

@@ -15,6 +15,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::error::{ApiError, Result};
 use crate::render::{self, context::template_context, RenderFailure};
@@ -73,41 +75,26 @@ fn render_error(e: RenderFailure) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
 
+/// Sets the flag when dropped: the handler's future is dropped when the client goes away or
+/// the request times out, and the render then stops at its next check.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Stack of the thread a preview compiles and renders on. Nesting is limited before parsing
+/// (see `render::MAX_BLOCK_DEPTH`); the large stack is a second guard.
+const RENDER_STACK: usize = 64 * 1024 * 1024;
+
 #[tracing::instrument(skip_all)]
 async fn create_preview(
     State(state): State<AppState>,
     input: std::result::Result<Json<PreviewIn>, JsonRejection>,
 ) -> Result<Response> {
     let Json(input) = input.map_err(rejection)?;
-    let renderer = &state.renderer;
-    let inline;
-    let (compiled, json_escape) = match (&input.template, &input.name) {
-        (Some(source), None) => {
-            inline = match renderer.compile(source) {
-                Ok(c) => c,
-                Err(e) => return Ok(render_error(e)),
-            };
-            let escape = input
-                .filename
-                .as_deref()
-                .is_some_and(render::json_escape_wanted);
-            (&inline, escape)
-        }
-        (None, Some(name)) => {
-            let c = renderer.get(name).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "no template named {name:?}; known: {}",
-                    renderer.names().join(", ")
-                ))
-            })?;
-            (c, c.json_escape)
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of `template` (source) and `name`",
-            ))
-        }
-    };
     let payload = match (input.context, &input.event) {
         (Some(ctx @ Value::Object(_)), None) => ctx,
         (Some(_), None) => return Err(ApiError::bad_request("`context` must be a JSON object")),
@@ -137,16 +124,83 @@ async fn create_preview(
             ))
         }
     };
-    let data = if input.endpoint {
-        render::endpoint_data(
-            &form_variables,
-            &input.oauth.unwrap_or(Value::Null),
-            &payload,
-        )
-    } else {
-        render::body_data(&payload, &form_variables, json_escape)
+    if let Some(name) = &input.name {
+        if input.template.is_none() && !state.renderer.has(name) {
+            return Err(ApiError::bad_request(format!(
+                "no template named {name:?}; known: {}",
+                state.renderer.names().join(", ")
+            )));
+        }
+    }
+    if input.template.is_some() == input.name.is_some() {
+        return Err(ApiError::bad_request(
+            "give exactly one of `template` (source) and `name`",
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let budget = render::Budget {
+        deadline: Some(std::time::Instant::now() + state.cfg.render_timeout),
+        limit: state.cfg.render_timeout,
+        cancel: Some(stop.clone()),
     };
-    match renderer.render(compiled, &data) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let renderer = state.renderer.clone();
+    let running = state.metrics.renders_running.clone();
+    running.inc();
+    let (template, name, filename, endpoint, oauth) = (
+        input.template,
+        input.name,
+        input.filename,
+        input.endpoint,
+        input.oauth,
+    );
+    std::thread::Builder::new()
+        .name("audithook-preview".into())
+        .stack_size(RENDER_STACK)
+        .spawn(move || {
+            let out = (|| {
+                let inline;
+                let (compiled, json_escape) = match (&template, &name) {
+                    (Some(source), _) => {
+                        inline = renderer.compile(source)?;
+                        let escape = filename.as_deref().is_some_and(render::json_escape_wanted);
+                        (&inline, escape)
+                    }
+                    (None, Some(name)) => {
+                        let c = renderer.get(name).ok_or_else(|| RenderFailure {
+                            stage: "render",
+                            message: format!("no template named {name:?}"),
+                            line: None,
+                            column: None,
+                        })?;
+                        (c, c.json_escape)
+                    }
+                    (None, None) => unreachable!("checked above"),
+                };
+                let data = if endpoint {
+                    render::endpoint_data(&form_variables, &oauth.unwrap_or(Value::Null), &payload)
+                } else {
+                    render::body_data(&payload, &form_variables, json_escape)
+                };
+                renderer.render_within(compiled, &data, &budget)
+            })();
+            running.dec();
+            let _ = tx.send(out);
+        })
+        .map_err(|e| {
+            state.metrics.renders_running.dec();
+            ApiError::Internal(anyhow::anyhow!("cannot start a render thread: {e}"))
+        })?;
+    let shutdown = state.shutdown.clone();
+    let out = tokio::select! {
+        out = rx => out.map_err(|_| ApiError::Internal(anyhow::anyhow!("the render thread failed")))?,
+        _ = shutdown.cancelled() => {
+            stop.store(true, Ordering::Relaxed);
+            return Err(ApiError::Unavailable("the service is stopping".into()));
+        }
+    };
+    match out {
         Ok(text) => {
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
         }

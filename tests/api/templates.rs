@@ -579,3 +579,168 @@ fn integration_manifest_validates_against_the_schema_and_the_framework_rules() {
         );
     }
 }
+
+/// `{{#name a}}` nested `depth` deep.
+fn nested_blocks(name: &str, depth: usize) -> String {
+    format!(
+        "{}x{}",
+        format!("{{{{#{name} a}}}}").repeat(depth),
+        format!("{{{{/{name}}}}}").repeat(depth)
+    )
+}
+
+async fn renders_running(app: &TestApp) -> i64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("audithook_preview_renders_running "))
+        .expect("the gauge is exported")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn deep_nesting_gets_422_and_never_kills_the_process() {
+    let app = spawn_app().await;
+    let ctx = json!({"a": {"a": 1}});
+    for name in ["if", "each", "with", "unless"] {
+        // The fuzzer's input: ~1,750 deep (28 KB) overflowed a worker's stack.
+        for depth in [1750, 65] {
+            let r = preview(
+                &app,
+                json!({"template": nested_blocks(name, depth), "context": ctx}),
+            )
+            .await;
+            assert_eq!(r.status(), 422, "{name} x{depth}");
+            let body: Value = r.json().await.unwrap();
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("nest more than 64"),
+                "{body}"
+            );
+            assert_eq!(body["line"], 1);
+        }
+        let r = preview(
+            &app,
+            json!({"template": nested_blocks(name, 64), "context": ctx}),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{name} x64");
+    }
+    // Subexpressions: ~890 deep overflowed before.
+    let sub = |depth: usize| {
+        format!(
+            "{{{{lookup {}this{} \"a\"}}}}",
+            "(lookup ".repeat(depth),
+            " \"a\")".repeat(depth)
+        )
+    };
+    for depth in [890, 33] {
+        let r = preview(&app, json!({"template": sub(depth), "context": ctx})).await;
+        assert_eq!(r.status(), 422, "subexpression x{depth}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("subexpressions nest more than 32"),
+            "{body}"
+        );
+    }
+    let r = preview(&app, json!({"template": sub(32), "context": ctx})).await;
+    assert_eq!(r.status(), 200);
+    // A comment may hold anything; a raw block counts as a level.
+    let r = preview(
+        &app,
+        json!({"template": format!("{{{{!-- {} --}}}}ok", "{{#if a}}".repeat(5000)), "context": ctx}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+    // Still serving.
+    assert_eq!(app.read("/healthz").await.status(), 200);
+}
+
+/// The fuzzer's runaway render: 100,000 x 100,000 iterations.
+fn runaway() -> Value {
+    let items: Vec<u32> = (0..100_000).collect();
+    json!({"template": "{{#each a}}{{#each ../a}}{{/each}}{{/each}}", "context": {"a": items}})
+}
+
+#[tokio::test]
+async fn a_render_past_its_time_budget_gets_422() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&dir.path().join("a.db"));
+    cfg.render_timeout = std::time::Duration::from_millis(800);
+    let app = spawn_with(cfg, std::sync::Arc::new(dir)).await;
+    let started = std::time::Instant::now();
+    let r = preview(&app, runaway()).await;
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("AUDITHOOK_RENDER_TIMEOUT"),
+        "{body}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(renders_running(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_render_stops_when_its_client_goes_away_and_never_holds_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&dir.path().join("a.db"));
+    cfg.render_timeout = std::time::Duration::from_secs(600);
+    let app = spawn_with(cfg, std::sync::Arc::new(dir)).await;
+    // The client gives up after 1 s.
+    let gave_up = app
+        .client
+        .post(format!("{}/preview", app.base))
+        .header("authorization", API_TOKEN)
+        .timeout(std::time::Duration::from_secs(1))
+        .json(&runaway())
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while renders_running(&app).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the render kept running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A render in flight when the service is told to stop ends, and so does the service.
+    let client = app.client.clone();
+    let url = format!("{}/preview", app.base);
+    let pending = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("authorization", API_TOKEN)
+            .json(&runaway())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    while renders_running(&app).await == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stopping = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(10), app.stop())
+        .await
+        .expect("shutdown finished while a render was running");
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(pending.await.unwrap().unwrap(), 503);
+}
