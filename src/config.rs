@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use secrecy::SecretString;
 
-/// Service configuration shared by every subcommand.
-#[derive(Debug, Clone, clap::Args)]
+/// Service configuration shared by every subcommand. Its `Debug` shows no secret: the
+/// database URL's password is masked and tokens print as `[REDACTED]`.
+#[derive(Clone, clap::Args)]
 pub struct Config {
     /// Address the HTTP server listens on.
     #[arg(
@@ -106,6 +107,30 @@ pub struct Config {
     pub ld_base_url: String,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|_| "[REDACTED]");
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("hook_token", &secret(&self.hook_token))
+            .field("hook_basic", &secret(&self.hook_basic))
+            .field("hook_secret", &secret(&self.hook_secret))
+            .field("api_token", &secret(&self.api_token))
+            .field("templates", &self.templates)
+            .field("timezone", &self.timezone)
+            .field("max_body", &self.max_body)
+            .field("request_timeout", &self.request_timeout)
+            .field("render_timeout", &self.render_timeout)
+            .field("ld_api_token", &secret(&self.ld_api_token))
+            .field("catchup_interval", &self.catchup_interval)
+            .field("catchup_overlap", &self.catchup_overlap)
+            .field("ld_base_url", &self.ld_base_url)
+            .finish()
+    }
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::backfill::parse_duration(s)
 }
@@ -138,42 +163,100 @@ impl Config {
     }
 }
 
+/// A URL split the way a person reading it would: the user part is everything between
+/// `://` and the *last* `@`, so a password holding `/`, `?`, `#` or `@`, escaped or not,
+/// stays inside it.
+struct UrlParts<'a> {
+    scheme: &'a str,
+    user: Option<&'a str>,
+    password: Option<&'a str>,
+    /// Host, path and query.
+    rest: &'a str,
+}
+
+fn split_url(url: &str) -> Option<UrlParts<'_>> {
+    let (scheme, after) = url.split_once("://")?;
+    let (userinfo, rest) = match after.rfind('@') {
+        Some(i) => (Some(&after[..i]), &after[i + 1..]),
+        None => (None, after),
+    };
+    let (user, password) = match userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((user, pw)) => (Some(user), Some(pw)),
+            None => (Some(u), None),
+        },
+        None => (None, None),
+    };
+    Some(UrlParts {
+        scheme,
+        user,
+        password,
+        rest,
+    })
+}
+
+/// Whether a query parameter's name is one that carries a secret.
+fn is_secret_param(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("passfile")
+}
+
 /// The database URL with any password (in the user part or a `password=` parameter)
 /// replaced by `***`, fit for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some(parts) = split_url(url) else {
         return url.to_owned();
     };
-    let (before_query, query) = match rest.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, tail) = match before_query.find('/') {
-        Some(i) => before_query.split_at(i),
-        None => (before_query, ""),
-    };
-    let mut out = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
-            }
+    let mut out = format!("{}://", parts.scheme);
+    if let Some(user) = parts.user {
+        out.push_str(user);
+        if parts.password.is_some() {
+            out.push_str(":***");
         }
-        None => format!("{scheme}://{before_query}"),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => p.to_owned(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
+        out.push('@');
     }
+    match parts.rest.split_once('?') {
+        Some((head, query)) => {
+            out.push_str(head);
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(parts.rest),
+    }
+    out
+}
+
+/// Every form in which `url`'s secrets could appear in a message (as written and
+/// percent-decoded), longest first, for replacing them in error text.
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let Some(parts) = split_url(url) else {
+        return Vec::new();
+    };
+    let mut raw: Vec<&str> = parts.password.into_iter().collect();
+    if let Some((_, query)) = parts.rest.split_once('?') {
+        raw.extend(query.split('&').filter_map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| is_secret_param(k))
+                .map(|(_, v)| v)
+        }));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for r in raw.into_iter().filter(|r| !r.is_empty()) {
+        out.push(r.to_owned());
+        let decoded = percent_encoding::percent_decode_str(r)
+            .decode_utf8_lossy()
+            .into_owned();
+        out.push(decoded.replace('+', " "));
+        out.push(decoded);
+    }
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
     out
 }
 
@@ -196,5 +279,69 @@ mod tests {
             redact_url("postgres://db/audit?sslmode=require&password=p%40ss&user=app"),
             "postgres://db/audit?sslmode=require&password=***&user=app"
         );
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        use secrecy::SecretString;
+        let mut cfg = super::Config::with_database("postgres://app:pa/ss@db/audit");
+        cfg.hook_token = Some(SecretString::from("hook-tok-123".to_owned()));
+        cfg.api_token = Some(SecretString::from("api-tok-456".to_owned()));
+        cfg.hook_basic = Some(SecretString::from("u:basic-789".to_owned()));
+        cfg.hook_secret = Some(SecretString::from("hmac-000".to_owned()));
+        cfg.ld_api_token = Some(SecretString::from("ld-tok-111".to_owned()));
+        let shown = format!("{cfg:?} {cfg:#?}");
+        for secret in [
+            "pa/ss",
+            "hook-tok-123",
+            "api-tok-456",
+            "basic-789",
+            "hmac-000",
+            "ld-tok-111",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("postgres://app:***@db/audit"));
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_are_redacted_whole() {
+        for (url, shown) in [
+            (
+                "postgres://app:pa/ss@db/audit",
+                "postgres://app:***@db/audit",
+            ),
+            (
+                "postgres://app:pa?ss@db/audit",
+                "postgres://app:***@db/audit",
+            ),
+            (
+                "postgres://app:pa#s/s?x@db:5432/audit?sslmode=disable",
+                "postgres://app:***@db:5432/audit?sslmode=disable",
+            ),
+            (
+                "postgres://app:123/x@db/audit",
+                "postgres://app:***@db/audit",
+            ),
+            (
+                "postgres://app:p%2Fa%3Fs%40s@db/audit",
+                "postgres://app:***@db/audit",
+            ),
+            (
+                "postgres://app:p@ss@db/audit",
+                "postgres://app:***@db/audit",
+            ),
+            (
+                "postgres://db/audit?password=a/b?c&user=u",
+                "postgres://db/audit?password=***&user=u",
+            ),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, shown, "{url}");
+        }
+        let secrets = super::url_secrets("postgres://app:p%2Fa%3Fs@db/audit?password=x%40y");
+        for s in ["p%2Fa%3Fs", "p/a?s", "x%40y", "x@y"] {
+            assert!(secrets.iter().any(|x| x == s), "{s} in {secrets:?}");
+        }
     }
 }

@@ -36,7 +36,20 @@ pub enum LdError {
     BadPage(String),
     #[error("bad LaunchDarkly URL {0}")]
     BadUrl(String),
+    #[error("LaunchDarkly's next link {href} points to {origin}, not LD_BASE_URL's origin {base}; refusing to send LD_API_TOKEN there")]
+    ForeignLink {
+        href: String,
+        origin: String,
+        base: String,
+    },
+    #[error("LaunchDarkly sent a page larger than {MAX_PAGE_BYTES} bytes; refusing to read it into memory")]
+    PageTooLarge,
 }
+
+/// Largest answer read from LaunchDarkly (a page of 20 entries is a few tens of KB).
+pub const MAX_PAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Longest wait a rate-limit header can ask for: the headers are untrusted input.
+pub const MAX_RATE_LIMIT_WAIT_MS: i64 = 60_000;
 
 /// Counters shared by every request of a run.
 #[derive(Debug, Default)]
@@ -102,6 +115,8 @@ struct Budget {
     latency_ms: f64,
 }
 
+/// A numeric header as an integer; `None` when absent, not a number, or not finite (`inf`,
+/// `NaN`). Huge values saturate rather than wrap.
 fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
     h.get(name)?
         .to_str()
@@ -109,6 +124,7 @@ fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
         .trim()
         .parse::<f64>()
         .ok()
+        .filter(|f| f.is_finite())
         .map(|f| f as i64)
 }
 
@@ -124,6 +140,8 @@ pub struct LdClient {
     token: SecretString,
     budget: Arc<Mutex<Budget>>,
     pub stats: Arc<Stats>,
+    /// Longest rate-limit wait accepted (ms).
+    max_wait_ms: i64,
 }
 
 impl std::fmt::Debug for LdClient {
@@ -153,7 +171,14 @@ impl LdClient {
             token,
             budget: Arc::default(),
             stats: Arc::default(),
+            max_wait_ms: MAX_RATE_LIMIT_WAIT_MS,
         })
+    }
+
+    /// The same client with another longest rate-limit wait (tests shorten it).
+    pub fn with_max_rate_limit_wait(mut self, wait: Duration) -> Self {
+        self.max_wait_ms = wait.as_millis().min(i64::MAX as u128) as i64;
+        self
     }
 
     /// The URL of the first page of `[after, before]` (both exclusive), with `spec` if given.
@@ -184,12 +209,21 @@ impl LdClient {
         url.to_string()
     }
 
-    /// Resolves a next link (an opaque, usually relative, href) against the base URL.
+    /// Resolves a next link (an opaque, usually relative, href) against the base URL. The
+    /// token goes only to LD_BASE_URL's origin: a link to another origin is refused.
     pub fn resolve(&self, href: &str) -> Result<String, LdError> {
-        self.base
+        let url = self
+            .base
             .join(href)
-            .map(|u| u.to_string())
-            .map_err(|e| LdError::BadUrl(format!("{href}: {e}")))
+            .map_err(|e| LdError::BadUrl(format!("{href}: {e}")))?;
+        if url.origin() != self.base.origin() {
+            return Err(LdError::ForeignLink {
+                href: href.chars().take(200).collect(),
+                origin: url.origin().ascii_serialization(),
+                base: self.base.origin().ascii_serialization(),
+            });
+        }
+        Ok(url.to_string())
     }
 
     /// Waits until the budget allows one more request, then takes it.
@@ -240,9 +274,10 @@ impl LdClient {
             (Some(r), Some(g)) => Some(r.min(g)),
             (r, g) => r.or(g),
         };
-        let reset = header_i64(headers, "x-ratelimit-reset");
         let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
+        // An untrusted reset further away than the longest wait is taken as that wait.
+        let reset = header_i64(headers, "x-ratelimit-reset").map(|r| r.min(now + self.max_wait_ms));
         // Requests still in flight may not be counted in this answer yet: assume they are not.
         let remaining = remaining.map(|r| r - b.inflight.max(0));
         match (remaining, reset) {
@@ -289,16 +324,27 @@ impl LdClient {
         }
     }
 
-    /// Blocks every request until the later of `X-Ratelimit-Reset` and `Retry-After`.
+    /// Blocks every request until the later of `X-Ratelimit-Reset` and `Retry-After`, at
+    /// most [`MAX_RATE_LIMIT_WAIT_MS`] from now (the headers are untrusted: `1e18`, `inf`,
+    /// negative values neither overflow nor hang).
     fn back_off_429(&self, headers: &HeaderMap) -> Duration {
         let now = now_ms();
         let reset = header_i64(headers, "x-ratelimit-reset").filter(|r| *r > now);
-        let retry_after = header_i64(headers, "retry-after").map(|s| now + s * 1000);
-        let until = reset
+        let retry_after = header_i64(headers, "retry-after")
+            .map(|s| now.saturating_add(s.max(0).saturating_mul(1000)));
+        let asked = reset
             .into_iter()
             .chain(retry_after)
             .max()
             .unwrap_or(now + 1000);
+        let until = asked.min(now + self.max_wait_ms);
+        if asked > until {
+            tracing::warn!(
+                asked_ms = asked.saturating_sub(now),
+                waiting_ms = self.max_wait_ms,
+                "LaunchDarkly asked for a longer rate-limit wait than audithook accepts; waiting at most a minute"
+            );
+        }
         let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
         b.blocked_until_ms = b.blocked_until_ms.max(until);
         b.remaining = Some(0);
@@ -327,12 +373,13 @@ impl LdClient {
                     let headers = resp.headers().clone();
                     self.observe(&headers);
                     match status {
-                        s if s.is_success() => match resp.bytes().await {
+                        s if s.is_success() => match read_bounded(resp).await {
                             Ok(body) => {
                                 return parse_page(&body)
                                     .inspect(|_| Stats::bump(&self.stats.pages))
                             }
-                            Err(e) => format!("reading the page: {e}"),
+                            Err(None) => return Err(LdError::PageTooLarge),
+                            Err(Some(e)) => format!("reading the page: {e}"),
                         },
                         StatusCode::TOO_MANY_REQUESTS => {
                             Stats::bump(&self.stats.rate_limited);
@@ -387,8 +434,34 @@ impl LdClient {
     }
 }
 
-async fn error_message(resp: reqwest::Response) -> String {
-    let body = resp.bytes().await.unwrap_or_default();
+/// The body, read chunk by chunk up to [`MAX_PAGE_BYTES`]: `Err(None)` past that, whatever
+/// `Content-Length` says (it may be absent or wrong).
+async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, Option<reqwest::Error>> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_PAGE_BYTES as u64)
+    {
+        return Err(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Some)? {
+        if body.len() + chunk.len() > MAX_PAGE_BYTES {
+            return Err(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn error_message(mut resp: reqwest::Response) -> String {
+    // An error answer is read only as far as a message needs.
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 64 * 1024 {
+            break;
+        }
+    }
     serde_json::from_slice::<ErrorIn>(&body)
         .ok()
         .and_then(|e| e.message)

@@ -502,31 +502,13 @@ impl PgStore {
     }
 }
 
-/// `err`'s message with the URL's password, should it appear, replaced.
+/// `err`'s message with the URL's passwords, should they appear, replaced.
 fn redact_error(err: &dyn std::fmt::Display, url: &str) -> String {
-    let msg = err.to_string();
-    match password_of(url) {
-        Some(pw) if !pw.is_empty() => msg.replace(&pw, "***"),
-        _ => msg,
+    let mut msg = err.to_string();
+    for secret in crate::config::url_secrets(url) {
+        msg = msg.replace(&secret, "***");
     }
-}
-
-/// The password in `url`'s user part or `password=` parameter.
-fn password_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    if let Some((_, query)) = rest.split_once('?') {
-        let from_query = query.split('&').find_map(|p| {
-            p.split_once('=')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("password"))
-                .map(|(_, v)| v.to_owned())
-        });
-        if from_query.is_some() {
-            return from_query;
-        }
-    }
-    let authority = rest.split(['/', '?']).next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    Some(userinfo.split_once(':')?.1.to_owned())
+    msg
 }
 
 async fn migrate(mut conn: sqlx::PgConnection) -> Result<(), sqlx::Error> {
@@ -1072,6 +1054,11 @@ mod tests {
             redact_error(&"bad s3cret here", url),
             "bad *** here".to_owned()
         );
-        assert_eq!(password_of("postgres://app@db/x"), None);
+        assert!(crate::config::url_secrets("postgres://app@db/x").is_empty());
+        let slash = "postgres://app:pa/ss?x@db/audit";
+        assert_eq!(
+            redact_error(&"password for pa/ss?x refused", slash),
+            "password for *** refused"
+        );
     }
 }

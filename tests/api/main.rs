@@ -7,6 +7,7 @@ mod errors;
 mod export;
 mod helpers;
 mod instances;
+mod ld_client;
 mod search_diff;
 mod skips;
 mod store;
