@@ -2,24 +2,38 @@
 //! in arrival order (a backfilled event older than what a consumer already has still reaches
 //! it), as Carbon Black Cloud's audit-log queue does. Consumers are independent; positions
 //! are kept in the store.
+//!
+//! With `ack=explicit` the batch is leased for `visibility` seconds (1 to 3600, default 30)
+//! under the `ack` token of the answer: `POST /queue/{consumer}/ack` with `{"ack": TOKEN}`
+//! settles it (`204`); a batch not acknowledged in time is delivered again (before newer
+//! events), so a consumer that crashes mid-batch loses nothing. An acknowledgement after
+//! the lease ran out answers `409 lease_expired` and settles nothing; an unknown token `404`.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Result};
 use crate::event::listing_rep;
 use crate::routes::auditlog::parse_limit;
+use crate::store::AckOutcome;
 use crate::AppState;
 
 /// Default and largest batch.
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
+/// Default and largest lease of an `ack=explicit` batch, in seconds.
+pub const DEFAULT_VISIBILITY: u64 = 30;
+pub const MAX_VISIBILITY: u64 = 3600;
 
 /// Queue routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/queue/{consumer}", get(get_queue))
+    Router::new()
+        .route("/queue/{consumer}", get(get_queue))
+        .route("/queue/{consumer}/ack", post(post_ack))
 }
 
 fn valid_consumer(name: &str) -> bool {
@@ -41,20 +55,98 @@ async fn get_queue(
         ));
     }
     let mut limit = DEFAULT_LIMIT;
+    let mut explicit = false;
+    let mut visibility = None;
     for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
-        if key == "limit" {
-            limit = parse_limit(&value, MAX_LIMIT)?;
+        match key.as_ref() {
+            "limit" => limit = parse_limit(&value, MAX_LIMIT)?,
+            "ack" => match value.as_ref() {
+                "explicit" => explicit = true,
+                "auto" => explicit = false,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "parameter `ack` must be `explicit` or `auto`, got {other:?}"
+                    )))
+                }
+            },
+            "visibility" => {
+                visibility = Some(
+                    value
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|v| (1..=MAX_VISIBILITY).contains(v))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "parameter `visibility` must be whole seconds from 1 to {MAX_VISIBILITY}, got {value:?}"
+                            ))
+                        })?,
+                )
+            }
+            _ => {}
         }
     }
-    let rows = store
-        .queue_take(&consumer, limit)
+    if visibility.is_some() && !explicit {
+        return Err(ApiError::bad_request(
+            "parameter `visibility` applies only with `ack=explicit`",
+        ));
+    }
+    let lease =
+        explicit.then(|| std::time::Duration::from_secs(visibility.unwrap_or(DEFAULT_VISIBILITY)));
+    let batch = store
+        .queue_take_leased(&consumer, limit, lease)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let items: Vec<Value> = rows
+    let items: Vec<Value> = batch
+        .rows
         .iter()
         .map(|r| listing_rep(&r.raw, r.date, &r.id))
         .collect();
-    Ok(Json(
-        json!({"consumer": consumer, "count": items.len(), "items": items}),
-    ))
+    let mut out = json!({"consumer": consumer, "count": items.len(), "items": items});
+    if let (Some(token), Some(lease)) = (batch.ack, lease) {
+        out["ack"] = Value::String(token);
+        out["visibility"] = Value::from(lease.as_secs());
+    }
+    Ok(Json(out))
+}
+
+/// `POST /queue/{consumer}/ack` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckIn {
+    ack: String,
+}
+
+#[tracing::instrument(skip_all, fields(consumer = %consumer))]
+async fn post_ack(
+    State(AppState { store, .. }): State<AppState>,
+    Path(consumer): Path<String>,
+    body: std::result::Result<Json<AckIn>, JsonRejection>,
+) -> Result<StatusCode> {
+    if !valid_consumer(&consumer) {
+        return Err(ApiError::bad_request(
+            "the consumer name must be 1 to 64 characters of letters, digits, `-`, `_` and `.`",
+        ));
+    }
+    let Json(body) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be {{\"ack\": TOKEN}} as JSON: {}",
+            e.body_text()
+        ))
+    })?;
+    match store
+        .queue_ack(&consumer, &body.ack)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+    {
+        AckOutcome::Settled(_) => Ok(StatusCode::NO_CONTENT),
+        AckOutcome::Expired => Err(ApiError::client(
+            StatusCode::CONFLICT,
+            "lease_expired",
+            "the batch's lease ran out before this acknowledgement: its events are delivered again",
+        )),
+        AckOutcome::Unknown => Err(ApiError::not_found(format!(
+            "consumer {consumer:?} holds no batch with this ack token (already acknowledged, or redelivered after its lease ran out)"
+        ))),
+    }
 }

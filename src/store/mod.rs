@@ -104,6 +104,31 @@ pub struct StoredEvent {
     pub raw: String,
 }
 
+/// A batch handed to a queue consumer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueBatch {
+    /// In arrival order.
+    pub rows: Vec<StoredEvent>,
+    /// The ack token, when the batch was leased (`ack=explicit`) and is not empty.
+    pub ack: Option<String>,
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The batch's events (this many) are settled.
+    Settled(u64),
+    /// The lease ran out first: the events are (or will be) delivered again.
+    Expired,
+    /// No lease has this token (never issued, already settled, or re-leased after expiring).
+    Unknown,
+}
+
+/// A fresh ack token: 128 random bits, hex.
+pub(crate) fn ack_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// One time window of a backfill job: entries with `after < date < before`, and the next
 /// link to follow (saved only after the previous page's entries were committed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,9 +331,33 @@ impl Store {
         name: &str,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        Ok(self.queue_take_leased(name, limit, None).await?.rows)
+    }
+
+    /// Like [`Store::queue_take`], with explicit acknowledgement when `visibility` is given:
+    /// the batch is leased for that long under a new ack token and delivered again if not
+    /// acknowledged in time. Leases that expired are delivered first, in arrival order. In
+    /// the default mode (no `visibility`) what is answered counts as received.
+    pub async fn queue_take_leased(
+        &self,
+        name: &str,
+        limit: usize,
+        visibility: Option<std::time::Duration>,
+    ) -> Result<QueueBatch, StoreError> {
         match self {
-            Store::Sqlite(s) => s.queue_take(name.to_owned(), limit).await,
-            Store::Postgres(s) => s.queue_take(name, limit).await,
+            Store::Sqlite(s) => {
+                s.queue_take_leased(name.to_owned(), limit, visibility)
+                    .await
+            }
+            Store::Postgres(s) => s.queue_take_leased(name, limit, visibility).await,
+        }
+    }
+
+    /// Settles the batch leased under `token` for consumer `name`.
+    pub async fn queue_ack(&self, name: &str, token: &str) -> Result<AckOutcome, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.queue_ack(name.to_owned(), token.to_owned()).await,
+            Store::Postgres(s) => s.queue_ack(name, token).await,
         }
     }
 

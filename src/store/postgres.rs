@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
-    BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec, StoreError,
-    StoredEvent,
+    AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
+    QueueBatch, StoreError, StoredEvent,
 };
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
@@ -46,10 +46,16 @@ const INSERT_LOCK: i64 = 0x6175_6469_7468_6b01;
 const MIGRATE_LOCK: i64 = 0x6175_6469_7468_6b02;
 
 /// Migrations, applied in order; the version is the file's timestamp.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    20261122100000,
-    include_str!("../../migrations/postgres/20261122100000_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        20261122100000,
+        include_str!("../../migrations/postgres/20261122100000_init.sql"),
+    ),
+    (
+        20261129010000,
+        include_str!("../../migrations/postgres/20261129010000_queue_leases.sql"),
+    ),
+];
 
 /// Stored events the search index has not reached.
 const LAG_SQL: &str =
@@ -314,11 +320,12 @@ impl PgStore {
         Ok(n as u64)
     }
 
-    pub(super) async fn queue_take(
+    pub(super) async fn queue_take_leased(
         &self,
         name: &str,
         limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+        visibility: Option<Duration>,
+    ) -> Result<QueueBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The consumer's row is the lock: concurrent takes for one consumer, on any instance,
         // run one after another.
@@ -334,17 +341,35 @@ impl PgStore {
                 .bind(name)
                 .fetch_one(&mut *tx)
                 .await?;
-        let rows = sqlx::query(
-            "SELECT seq, id, date, raw FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        // The database's clock: instances' clocks may disagree.
+        let now: i64 = sqlx::query_scalar(&format!("SELECT {NOW_MS}"))
+            .fetch_one(&mut *tx)
+            .await?;
+        // Leases that ran out come first: their events go out again.
+        let mut rows = sqlx::query(
+            "SELECT e.seq, e.id, e.date, e.raw FROM queue_leases l JOIN events e ON e.seq = l.seq \
+             WHERE l.consumer = $1 AND l.expires_at <= $2 ORDER BY l.seq LIMIT $3",
         )
-        .bind(position)
+        .bind(name)
+        .bind(now)
         .bind(limit as i64)
         .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(row_to_event)
         .collect::<Result<Vec<_>, _>>()?;
-        if let Some(last) = rows.last() {
+        let expired: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let fresh = sqlx::query(
+            "SELECT seq, id, date, raw FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(position)
+        .bind((limit - expired.len()) as i64)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(row_to_event)
+        .collect::<Result<Vec<_>, _>>()?;
+        if let Some(last) = fresh.last() {
             sqlx::query(&format!(
                 "UPDATE consumers SET position = $2, updated_at = {NOW_MS} WHERE name = $1"
             ))
@@ -353,8 +378,70 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        let fresh_seqs: Vec<i64> = fresh.iter().map(|r| r.seq).collect();
+        rows.extend(fresh);
+        let mut ack = None;
+        match visibility {
+            Some(v) if !rows.is_empty() => {
+                let token = super::ack_token();
+                let until = now.saturating_add(v.as_millis() as i64);
+                sqlx::query(
+                    "UPDATE queue_leases SET token = $3, expires_at = $4 \
+                     WHERE consumer = $1 AND seq = ANY($2)",
+                )
+                .bind(name)
+                .bind(&expired)
+                .bind(&token)
+                .bind(until)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO queue_leases (consumer, seq, token, expires_at) \
+                     SELECT $1, s, $3, $4 FROM unnest($2::bigint[]) s",
+                )
+                .bind(name)
+                .bind(&fresh_seqs)
+                .bind(&token)
+                .bind(until)
+                .execute(&mut *tx)
+                .await?;
+                ack = Some(token);
+            }
+            _ => {
+                // Read-once: redelivered events count as received now.
+                sqlx::query("DELETE FROM queue_leases WHERE consumer = $1 AND seq = ANY($2)")
+                    .bind(name)
+                    .bind(&expired)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
-        Ok(rows)
+        Ok(QueueBatch { rows, ack })
+    }
+
+    pub(super) async fn queue_ack(
+        &self,
+        name: &str,
+        token: &str,
+    ) -> Result<AckOutcome, StoreError> {
+        let (settled, held): (i64, i64) = sqlx::query_as(&format!(
+            "WITH gone AS (DELETE FROM queue_leases WHERE consumer = $1 AND token = $2 \
+             AND expires_at > {NOW_MS} RETURNING 1) \
+             SELECT (SELECT count(*) FROM gone), \
+             (SELECT count(*) FROM queue_leases WHERE consumer = $1 AND token = $2)"
+        ))
+        .bind(name)
+        .bind(token)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(if settled > 0 {
+            AckOutcome::Settled(settled as u64)
+        } else if held > 0 {
+            AckOutcome::Expired
+        } else {
+            AckOutcome::Unknown
+        })
     }
 
     pub(super) async fn newest_date(&self) -> Result<Option<i64>, StoreError> {

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
-    BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec, StoreError,
-    StoredEvent,
+    AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
+    QueueBatch, StoreError, StoredEvent,
 };
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
@@ -48,6 +48,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         20261129000000,
         include_str!("../../migrations/sqlite/20261129000000_reindex_tag_free.sql"),
+    ),
+    (
+        20261129010000,
+        include_str!("../../migrations/sqlite/20261129010000_queue_leases.sql"),
     ),
 ];
 
@@ -407,33 +411,117 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn queue_take(
+    pub(super) async fn queue_take_leased(
         &self,
         name: String,
         limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+        visibility: Option<std::time::Duration>,
+    ) -> Result<QueueBatch, StoreError> {
         self.side(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            // Leases that ran out come first: their events go out again.
+            let expired: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT seq FROM queue_leases WHERE consumer = ?1 AND expires_at <= ?2 \
+                     ORDER BY seq LIMIT ?3",
+                )?
+                .query_map(params![name, now, limit as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut rows = Vec::with_capacity(limit);
+            {
+                let mut one =
+                    tx.prepare_cached("SELECT seq, id, date, raw FROM events WHERE seq = ?1")?;
+                for seq in &expired {
+                    rows.push(one.query_row([seq], row_to_event)?);
+                }
+            }
             let position: i64 = tx
                 .query_row("SELECT position FROM consumers WHERE name = ?1", [&name], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
-            let rows = {
+            let fresh = {
                 let mut stmt = tx.prepare_cached(
                     "SELECT seq, id, date, raw FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )?;
-                let rows = stmt.query_map(params![position, limit as i64], row_to_event)?;
+                let rows = stmt.query_map(
+                    params![position, (limit - expired.len()) as i64],
+                    row_to_event,
+                )?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
-            if let Some(last) = rows.last() {
+            if let Some(last) = fresh.last() {
                 tx.execute(
                     "INSERT INTO consumers (name, position, updated_at) VALUES (?1, ?2, ?3) \
                      ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-                    params![name, last.seq, now_ms()],
+                    params![name, last.seq, now],
                 )?;
             }
+            let fresh_seqs: Vec<i64> = fresh.iter().map(|r| r.seq).collect();
+            rows.extend(fresh);
+            let mut ack = None;
+            match visibility {
+                Some(v) if !rows.is_empty() => {
+                    let token = super::ack_token();
+                    let until = now.saturating_add(v.as_millis() as i64);
+                    let mut re = tx.prepare_cached(
+                        "UPDATE queue_leases SET token = ?3, expires_at = ?4 WHERE consumer = ?1 AND seq = ?2",
+                    )?;
+                    for seq in &expired {
+                        re.execute(params![name, seq, token, until])?;
+                    }
+                    let mut new = tx.prepare_cached(
+                        "INSERT INTO queue_leases (consumer, seq, token, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                    )?;
+                    for seq in &fresh_seqs {
+                        new.execute(params![name, seq, token, until])?;
+                    }
+                    ack = Some(token);
+                }
+                _ => {
+                    // Read-once: redelivered events count as received now.
+                    let mut done = tx.prepare_cached(
+                        "DELETE FROM queue_leases WHERE consumer = ?1 AND seq = ?2",
+                    )?;
+                    for seq in &expired {
+                        done.execute(params![name, seq])?;
+                    }
+                }
+            }
             tx.commit()?;
-            Ok(rows)
+            Ok(QueueBatch { rows, ack })
+        })
+        .await
+    }
+
+    pub(super) async fn queue_ack(
+        &self,
+        name: String,
+        token: String,
+    ) -> Result<AckOutcome, StoreError> {
+        self.side(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            let settled = tx.execute(
+                "DELETE FROM queue_leases WHERE consumer = ?1 AND token = ?2 AND expires_at > ?3",
+                params![name, token, now],
+            )?;
+            let outcome = if settled > 0 {
+                AckOutcome::Settled(settled as u64)
+            } else {
+                let held: i64 = tx.query_row(
+                    "SELECT count(*) FROM queue_leases WHERE consumer = ?1 AND token = ?2",
+                    params![name, token],
+                    |r| r.get(0),
+                )?;
+                if held > 0 {
+                    AckOutcome::Expired
+                } else {
+                    AckOutcome::Unknown
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
         })
         .await
     }

@@ -173,6 +173,10 @@ async fn bad_export_and_queue_parameters_get_400_naming_the_parameter() {
         ("/export.ndjson?columns=id", "columns"),
         ("/queue/c1?limit=0", "limit"),
         ("/queue/c1?limit=5000", "limit"),
+        ("/queue/c1?ack=maybe", "ack"),
+        ("/queue/c1?ack=explicit&visibility=0", "visibility"),
+        ("/queue/c1?ack=explicit&visibility=3601", "visibility"),
+        ("/queue/c1?visibility=10", "visibility"),
     ] {
         let r = get(&app, path).await;
         assert_eq!(r.status(), 400, "{path}");
@@ -309,4 +313,84 @@ async fn cli_export_writes_what_the_route_serves() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown column \"bogus\""));
+}
+
+#[tokio::test]
+async fn queue_explicit_ack_over_http() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        let r = app
+            .post_event(rest_entry(&format!("h{i}"), 1000 + i, "f", "proj/x", "m").to_string())
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+    let page: Value = get(&app, "/queue/w?ack=explicit&visibility=1&limit=3")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = page["ack"].as_str().unwrap().to_owned();
+    assert_eq!(page["visibility"], 1);
+    assert_eq!(page["count"], 3);
+    // A second reader gets the rest, not the leased three.
+    let second: Value = get(&app, "/queue/w?ack=explicit&visibility=60")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = second["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["h3", "h4"]);
+    let ack = |token: String| {
+        app.client
+            .post(format!("{}/queue/w/ack", app.base))
+            .header("authorization", API_TOKEN)
+            .json(&json!({"ack": token}))
+            .send()
+    };
+    // The first batch is not acknowledged in time: the ack is refused and it comes back.
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let r = ack(token.clone()).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "lease_expired");
+    let again: Value = get(&app, "/queue/w?ack=explicit")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = again["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["h0", "h1", "h2"]);
+    let r = ack(again["ack"].as_str().unwrap().to_owned())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = ack(token).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = app
+        .client
+        .post(format!("{}/queue/w/ack", app.base))
+        .header("authorization", API_TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"token\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The default mode is unchanged: read once.
+    let plain: Value = get(&app, "/queue/p").await.json().await.unwrap();
+    assert_eq!(plain["count"], 5);
+    assert!(plain.get("ack").is_none());
+    assert_eq!(
+        get(&app, "/queue/p").await.json::<Value>().await.unwrap()["count"],
+        0
+    );
 }

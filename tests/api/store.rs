@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use audithook::event::{normalise, NewEvent, Source};
-use audithook::store::{BackfillWindow, Cursor, Filter, Inserted, Store};
+use audithook::store::{AckOutcome, BackfillWindow, Cursor, Filter, Inserted, Store};
 use serde_json::{json, Value};
 
 use crate::helpers::TestDb;
@@ -52,6 +52,7 @@ store_suite!(
     leases_exclude_other_holders_until_released_or_expired,
     newest_date_tracks_the_newest_event,
     every_filter_matches_a_brute_force_scan,
+    explicit_acks_redeliver_what_was_not_acknowledged,
 );
 
 async fn every_filter_matches_a_brute_force_scan(db: &TestDb) {
@@ -699,5 +700,105 @@ async fn newest_date_tracks_the_newest_event(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(store.newest_date().await.unwrap(), Some(2000));
+    store.close().await;
+}
+
+async fn explicit_acks_redeliver_what_was_not_acknowledged(db: &TestDb) {
+    let store = db.open().await;
+    let batch: Vec<NewEvent> = (1..=10)
+        .map(|i| event(&entry(&format!("q{i:02}"), 100 + i)))
+        .collect();
+    store.insert_many(batch).await.unwrap();
+    let short = Some(Duration::from_millis(1000));
+    let a = store.queue_take_leased("c", 4, short).await.unwrap();
+    let b = store.queue_take_leased("c", 4, short).await.unwrap();
+    assert_eq!(ids(&a.rows), ["q01", "q02", "q03", "q04"]);
+    assert_eq!(ids(&b.rows), ["q05", "q06", "q07", "q08"]);
+    let (ta, tb) = (a.ack.unwrap(), b.ack.unwrap());
+    assert_ne!(ta, tb);
+    // Another consumer is unaffected.
+    assert_eq!(store.queue_take("other", 100).await.unwrap().len(), 10);
+    assert_eq!(
+        store.queue_ack("c", &ta).await.unwrap(),
+        AckOutcome::Settled(4)
+    );
+    assert_eq!(
+        store.queue_ack("c", &ta).await.unwrap(),
+        AckOutcome::Unknown
+    );
+    assert_eq!(
+        store.queue_ack("other", &tb).await.unwrap(),
+        AckOutcome::Unknown
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // B's lease ran out: its ack is refused, and its events come back first.
+    assert_eq!(
+        store.queue_ack("c", &tb).await.unwrap(),
+        AckOutcome::Expired
+    );
+    let c = store
+        .queue_take_leased("c", 10, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(ids(&c.rows), ["q05", "q06", "q07", "q08", "q09", "q10"]);
+    assert_eq!(
+        store.queue_ack("c", &tb).await.unwrap(),
+        AckOutcome::Unknown
+    );
+    // Nothing else to hand out while C is leased, in either mode, across a restart.
+    assert!(store.queue_take("c", 10).await.unwrap().is_empty());
+    store.close().await;
+    let store = db.open().await;
+    let empty = store
+        .queue_take_leased("c", 10, Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(empty.rows.is_empty());
+    assert_eq!(empty.ack, None);
+    assert_eq!(
+        store
+            .queue_ack("c", c.ack.as_deref().unwrap())
+            .await
+            .unwrap(),
+        AckOutcome::Settled(6)
+    );
+    // A reader that crashes: its batch comes back after the lease, here to a read-once take.
+    let more: Vec<NewEvent> = (11..=40)
+        .map(|i| event(&entry(&format!("q{i:02}"), 100 + i)))
+        .collect();
+    store.insert_many(more).await.unwrap();
+    let crashed = store.queue_take_leased("c", 2, short).await.unwrap();
+    assert_eq!(ids(&crashed.rows), ["q11", "q12"]);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        ids(&store.queue_take("c", 3).await.unwrap()),
+        ["q11", "q12", "q13"]
+    );
+    // Concurrent explicit readers never hold the same event.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let b = store
+                        .queue_take_leased("c", 3, Some(Duration::from_secs(60)))
+                        .await
+                        .unwrap();
+                    if b.rows.is_empty() {
+                        return got;
+                    }
+                    got.extend(ids(&b.rows));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<String> = (14..=40).map(|i| format!("q{i:02}")).collect();
+    assert_eq!(all, expected);
     store.close().await;
 }
