@@ -67,6 +67,13 @@ pub async fn run_once(
     result
 }
 
+/// How a catch-up pass ended.
+enum Pass {
+    Done(Result<Summary, BackfillError>),
+    Stopped,
+    LeaseLost(String),
+}
+
 /// The lease that makes one instance of several run catch-up.
 const LEASE: &str = "catchup";
 
@@ -137,29 +144,46 @@ pub async fn run_loop(
             ticker.tick().await;
             let outcome = loop {
                 tokio::select! {
-                    r = &mut pass => break Some(r),
-                    _ = stop.cancelled() => break None,
+                    r = &mut pass => break Pass::Done(r),
+                    _ = stop.cancelled() => break Pass::Stopped,
                     _ = ticker.tick() => {
-                        // A long pass keeps the lease.
-                        if let Err(e) = store.lease_acquire(LEASE, &holder, ttl).await {
-                            tracing::warn!(error = %e, "cannot renew the catch-up lease");
+                        // A long pass keeps the lease, and stops at once when it cannot:
+                        // another instance may take it over, and two passes must not run.
+                        match store.lease_acquire(LEASE, &holder, ttl).await {
+                            Ok(true) => {}
+                            Ok(false) => break Pass::LeaseLost("another instance holds it".into()),
+                            Err(e) => break Pass::LeaseLost(e.to_string()),
                         }
                     }
                 }
             };
             match outcome {
-                None => break,
-                Some(Ok(s)) => tracing::info!(
+                Pass::Stopped => break,
+                Pass::LeaseLost(why) => {
+                    tracing::warn!(reason = %why, "lost the catch-up lease mid-pass; stopped the pass");
+                    held = false;
+                    metrics.catchup_lease_held.set(0);
+                    metrics
+                        .catchup_runs
+                        .get_or_create(&ResultLabel {
+                            result: "lease_lost",
+                        })
+                        .inc();
+                    next_pass = tokio::time::Instant::now();
+                }
+                Pass::Done(Ok(s)) => tracing::info!(
                     new = s.new,
                     duplicates = s.duplicates,
                     requests = s.requests,
                     "catch-up done: {s}"
                 ),
-                Some(Err(e)) => {
+                Pass::Done(Err(e)) => {
                     tracing::warn!(error = %e, "catch-up failed; retrying at the next interval")
                 }
             }
-            next_pass = tokio::time::Instant::now() + interval;
+            if held {
+                next_pass = tokio::time::Instant::now() + interval;
+            }
         }
         let wake = if held {
             next_pass.min(tokio::time::Instant::now() + renew)

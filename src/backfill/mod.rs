@@ -262,12 +262,13 @@ pub async fn run(
         bar,
         started: Instant::now(),
     });
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| tokio::spawn(worker(job.clone())))
-        .collect();
-    for w in workers {
-        let _ = w.await;
+    // A JoinSet aborts its tasks when dropped: a caller that drops this future (catch-up
+    // losing its lease, a stop) stops every window at once.
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        workers.spawn(worker(job.clone()));
     }
+    while workers.join_next().await.is_some() {}
     if let Some(bar) = &job.bar {
         bar.finish_and_clear();
     }

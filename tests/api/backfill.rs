@@ -16,19 +16,17 @@ use crate::helpers::*;
 
 const START: i64 = 1_700_000_000_000;
 
-async fn open_store(dir: &tempfile::TempDir) -> (Store, std::path::PathBuf) {
-    let db = dir.path().join("backfill.db");
-    let store = Store::open(
-        &format!("sqlite://{}", db.display()),
-        Arc::new(Metrics::new()),
-    )
-    .await
-    .unwrap();
+/// A fresh store on the backend the suite runs against (`AUDITHOOK_TEST_BACKEND`).
+async fn open_store() -> (Store, TestDb) {
+    let db = TestDb::for_backend().await;
+    let store = Store::open(&db.url, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
     (store, db)
 }
 
-fn ids_in(db: &std::path::Path) -> Vec<String> {
-    stored_ids_at(&format!("sqlite://{}", db.display()))
+fn ids_in(db: &TestDb) -> Vec<String> {
+    stored_ids_at(&db.url)
 }
 
 fn expected_ids(data: &[Value]) -> HashSet<String> {
@@ -42,7 +40,7 @@ fn client(fake: &FakeLd) -> LdClient {
 }
 
 /// Asserts the store holds exactly `data`, each once.
-fn assert_exact(db: &std::path::Path, data: &[Value]) {
+fn assert_exact(db: &TestDb, data: &[Value]) {
     assert_ids_exact(&ids_in(db), data);
 }
 
@@ -61,23 +59,17 @@ fn assert_ids_exact(got: &[String], data: &[Value]) {
 }
 
 /// Backfills `data`, served by a fake with `cfg`, into a fresh store. Returns the summary,
-/// the database file (kept while the directory lives) and the fake.
+/// the database and the fake.
 async fn backfill_fresh(
     data: &[Value],
     cfg: FakeConfig,
     opts: Options,
-) -> (
-    backfill::Summary,
-    std::path::PathBuf,
-    tempfile::TempDir,
-    FakeLd,
-) {
+) -> (backfill::Summary, TestDb, (), FakeLd) {
     let fake = FakeLd::start(data, cfg).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open_store(&dir).await;
+    let (store, db) = open_store().await;
     let summary = backfill::run(&store, &client(&fake), opts).await.unwrap();
     store.close().await;
-    (summary, db, dir, fake)
+    (summary, db, (), fake)
 }
 
 #[tokio::test]
@@ -93,15 +85,10 @@ async fn backfills_every_entry_once_with_a_burst_of_35_in_one_millisecond() {
     assert_eq!(summary.invalid, 0);
     assert_eq!(summary.truncated_bursts, 0);
     // Stored bytes are LaunchDarkly's bytes.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let raw: String = conn
-        .query_row(
-            "SELECT raw FROM events WHERE id = ?1",
-            [data[7]["_id"].as_str().unwrap()],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(raw, data[7].to_string());
+    for e in [&data[0], &data[7], &data[999]] {
+        let raw = stored_raw_at(&db.url, e["_id"].as_str().unwrap());
+        assert_eq!(raw, Some(e.to_string()));
+    }
 }
 
 #[tokio::test]
@@ -187,8 +174,7 @@ async fn bounds_are_exclusive() {
 async fn stops_at_once_on_a_bad_token_and_on_400() {
     let data = entries(50, START, 1000, &[]);
     let fake = FakeLd::start(&data, FakeConfig::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open_store(&dir).await;
+    let (store, db) = open_store().await;
     let bad = LdClient::new(&fake.base, SecretString::from("wrong".to_owned())).unwrap();
     let err = backfill::run(&store, &bad, Options::default())
         .await
@@ -300,7 +286,7 @@ async fn backfilled_entries_read_like_hook_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_with_sigkill_then_rerun_stores_each_entry_once() {
-    let db = TestDb::sqlite();
+    let db = TestDb::for_backend().await;
     sigkill_then_rerun(&db).await;
 }
 
@@ -419,4 +405,79 @@ async fn catch_up_in_serve_fetches_what_the_hook_missed() {
         "{metrics}"
     );
     assert!(metrics.contains("audithook_ld_requests_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_stops_its_pass_at_once_when_the_lease_is_lost() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // A pass of several hundred pages at 100 ms each: far longer than the test.
+    let data = entries(20_000, now - 1_000_000, 50, &[]);
+    let fake = FakeLd::start(
+        &data,
+        FakeConfig {
+            latency: Duration::from_millis(100),
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let (store, db) = open_store().await;
+    let metrics = Arc::new(Metrics::new());
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Interval 1 s: the lease lasts 3 s and is renewed every second.
+    let task = tokio::spawn(audithook::backfill::catchup::run_loop(
+        store.clone(),
+        fake.base.clone(),
+        SecretString::from(fake.token().to_owned()),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let requests = || {
+        fake.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while requests() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "catch-up did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another instance takes the lease (as after a pause longer than the lease).
+    exec_sql(
+        &db.url,
+        "UPDATE leases SET holder = 'intruder', expires_at = 9000000000000000 WHERE name = 'catchup'",
+    );
+    // Within one renewal (1 s) the pass must stop: no request after that.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let after_loss = requests();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(requests(), after_loss, "the pass went on without the lease");
+    assert!(
+        ids_in(&db).len() < data.len(),
+        "the pass finished before the lease was lost"
+    );
+    let text = {
+        let mut out = String::new();
+        prometheus_text(&metrics, &mut out);
+        out
+    };
+    assert!(
+        text.contains("audithook_catchup_runs_total{result=\"lease_lost\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("audithook_catchup_lease_held 0"), "{text}");
+    stop.cancel();
+    task.await.unwrap();
+    store.close().await;
+}
+
+fn prometheus_text(metrics: &Metrics, out: &mut String) {
+    out.push_str(&metrics.render());
 }

@@ -199,6 +199,38 @@ pub fn stored_ids_at(url: &str) -> Vec<String> {
     }
 }
 
+/// Runs one statement on the database at `url`, without the app; returns the rows changed.
+pub fn exec_sql(url: &str, sql: &str) -> u64 {
+    match audithook::store::sqlite::path_from_url(url) {
+        Some(path) => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            conn.execute(sql, []).unwrap() as u64
+        }
+        None => {
+            let (url, sql) = (url.to_owned(), sql.to_owned());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async move {
+                        use sqlx::Connection;
+                        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                        sqlx::query(&sql)
+                            .execute(&mut conn)
+                            .await
+                            .unwrap()
+                            .rows_affected()
+                    })
+            })
+            .join()
+            .unwrap()
+        }
+    }
+}
+
 /// The raw body of one event stored in the database at `url`, read without the app.
 pub fn stored_raw_at(url: &str, id: &str) -> Option<String> {
     match audithook::store::sqlite::path_from_url(url) {
@@ -325,6 +357,23 @@ impl TestDb {
             url: format!("sqlite://{}", dir.path().join("audithook.db").display()),
             _dir: Some(dir),
             pg: None,
+        }
+    }
+
+    /// Whether the suites run against Postgres (`AUDITHOOK_TEST_BACKEND=postgres`).
+    pub fn postgres_backend() -> bool {
+        std::env::var("AUDITHOOK_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+    }
+
+    /// A fresh database on the backend the suites run against: Postgres with
+    /// `AUDITHOOK_TEST_BACKEND=postgres` (its server is then required), else SQLite.
+    pub async fn for_backend() -> TestDb {
+        if Self::postgres_backend() {
+            Self::postgres()
+                .await
+                .expect("AUDITHOOK_TEST_BACKEND=postgres needs AUDITHOOK_TEST_POSTGRES_URL")
+        } else {
+            Self::sqlite()
         }
     }
 
