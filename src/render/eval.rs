@@ -453,6 +453,18 @@ fn strict_step<'a>(cur: &Js<'a>, seg: &str, raw: &str) -> R<Js<'a>> {
             step(cur, seg, raw)
         }
         Js::Owned(Value::Object(m)) if m.contains_key(seg) => step(cur, seg, raw),
+        // `name in obj` on a truthy primitive is a TypeError in JavaScript.
+        c if c.truthy(false)
+            && !matches!(
+                c,
+                Js::Val(Value::Object(_) | Value::Array(_))
+                    | Js::Owned(Value::Object(_) | Value::Array(_))
+            ) =>
+        {
+            fail(format!(
+                "TypeError: cannot use 'in' operator to search for '{seg}' in `{raw}`"
+            ))
+        }
         _ => missing(),
     }
 }
@@ -619,7 +631,9 @@ impl<'a> State<'a> {
         match &call.head {
             Head::Path(p) => self.resolve(p, true),
             Head::Literal(v) => Ok(Js::Owned(v.clone())),
-            Head::Unknown(name) => fail(format!("Missing helper: \"{name}\"")),
+            Head::Unknown(name) => fail(format!(
+                "\"{name}\" not defined (strict mode): no helper or field named `{name}`"
+            )),
             Head::Helper(kind) => match kind {
                 HelperKind::Lookup => {
                     let obj = arg(0);
@@ -692,7 +706,11 @@ impl<'a> State<'a> {
                 let v = self.resolve(p, true)?;
                 return self.block_helper_missing(v, body, inverse, params);
             }
-            Head::Unknown(name) => return fail(format!("Missing helper: \"{name}\"")),
+            Head::Unknown(name) => {
+                return fail(format!(
+                    "\"{name}\" not defined (strict mode): no helper or field named `{name}`"
+                ))
+            }
             Head::Literal(_) => return fail("a literal cannot open a block"),
         };
         let args = self.args(call)?;

@@ -281,22 +281,24 @@ async fn read_routes_need_the_read_token() {
 #[tokio::test]
 async fn rare_terms_are_found_through_the_index_and_in_the_unindexed_tail() {
     use audithook::event::{normalise, Source};
-    use audithook::store::{Filter, Store};
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = std::sync::Arc::new(audithook::metrics::Metrics::new());
-    let store = Store::open(
-        &format!("sqlite://{}", dir.path().join("s.db").display()),
-        metrics.clone(),
-    )
-    .await
-    .unwrap();
+    use audithook::store::{Filter, StoreOptions};
+    // The background indexer is off and the first pass over the newest events is skipped,
+    // so each answer below comes from the index, the unindexed tail, or both.
+    let db = TestDb::for_backend().await;
+    let store = db
+        .open_with(&StoreOptions {
+            background_indexer: false,
+            newest_candidates: 0,
+            ..StoreOptions::default()
+        })
+        .await;
     let events: Vec<_> = (0..5000)
         .map(|i| {
             let e = rest_entry(
                 &format!("s{i:05}"),
                 i,
                 &format!("Flag {i}"),
-                &format!("proj/p:env/e:flag/f-{i}"),
+                &format!("proj/p;tag-{}:env/e:flag/f-{i}", i % 3),
                 "m",
             );
             normalise(e.to_string().as_bytes(), Source::Rest).unwrap()
@@ -306,51 +308,67 @@ async fn rare_terms_are_found_through_the_index_and_in_the_unindexed_tail() {
     let ids = |rows: Vec<audithook::store::StoredEvent>| {
         rows.into_iter().map(|r| r.id).collect::<Vec<_>>()
     };
-    let rare = Filter {
-        q: Some("flag 421".into()),
+    let filter = |q: Option<&str>, spec: Option<&str>| Filter {
+        q: q.map(str::to_owned),
+        spec: spec.map(str::to_owned),
         ..Filter::default()
     };
-    let spec = Filter {
-        spec: Some("proj/p:env/e:flag/f-77".into()),
-        ..Filter::default()
-    };
-    let common = Filter {
-        q: Some("flag".into()),
-        ..Filter::default()
-    };
-    let want_rare = vec!["s04219", "s04218", "s04217", "s04216", "s04215"];
-    // Whatever the index holds so far, results are the same.
-    let before_rare = ids(store.list_newest(&rare, None, 5).await.unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let indexed = || {
-        metrics
-            .render()
-            .lines()
-            .any(|l| l == "audithook_search_unindexed_events 0")
-    };
-    while !indexed() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let cases: Vec<(Filter, usize, Vec<&str>)> = vec![
+        // "flag 421" matches Flag 421 and Flag 4210..4219: the newest five.
+        (
+            filter(Some("flag 421"), None),
+            5,
+            vec!["s04219", "s04218", "s04217", "s04216", "s04215"],
+        ),
+        // An old event: only the index (or a scan of everything) finds it.
+        (
+            filter(Some("flag 77"), None),
+            20,
+            vec![
+                "s00779", "s00778", "s00777", "s00776", "s00775", "s00774", "s00773", "s00772",
+                "s00771", "s00770", "s00077",
+            ],
+        ),
+        // A specifier matches the resource or what lies beneath it, not `f-770`; tags in
+        // the stored resource do not hide it.
+        (
+            filter(None, Some("proj/p:env/e:flag/f-77")),
+            20,
+            vec!["s00077"],
+        ),
+        (
+            filter(None, Some("proj/p;tag-2:env/e:flag/f-77")),
+            20,
+            vec!["s00077"],
+        ),
+        (
+            filter(None, Some("proj/p:env/e:flag/f-77*")),
+            3,
+            vec!["s00779", "s00778", "s00777"],
+        ),
+        (
+            filter(Some("flag"), None),
+            3,
+            vec!["s04999", "s04998", "s04997"],
+        ),
+    ];
+    for (phase, step, lag) in [
+        ("empty", 0, 5000),
+        ("partial", 2500, 2500),
+        ("complete", 5000, 0),
+    ] {
+        if step > 0 {
+            store.index_step(step).await.unwrap();
+        }
+        assert_eq!(store.search_lag().await.unwrap(), lag, "{phase}");
+        for (f, limit, want) in &cases {
+            assert_eq!(
+                ids(store.list_newest(f, None, *limit).await.unwrap()),
+                *want,
+                "index {phase}: {f:?}"
+            );
+        }
     }
-    assert!(indexed(), "the indexer did not catch up");
-    let after_rare = ids(store.list_newest(&rare, None, 5).await.unwrap());
-    assert_eq!(before_rare, after_rare);
-    // "flag 421" matches Flag 421 and Flag 4210..4219: the newest five.
-    assert_eq!(after_rare, want_rare);
-    let spec_ids = ids(store.list_newest(&spec, None, 20).await.unwrap());
-    // A specifier matches the resource or what lies beneath it, not `f-770`.
-    assert_eq!(spec_ids, vec!["s00077"]);
-    let glob = Filter {
-        spec: Some("proj/p:env/e:flag/f-77*".into()),
-        ..Filter::default()
-    };
-    assert_eq!(
-        ids(store.list_newest(&glob, None, 3).await.unwrap()),
-        vec!["s00779", "s00778", "s00777"]
-    );
-    assert_eq!(
-        ids(store.list_newest(&common, None, 3).await.unwrap()),
-        vec!["s04999", "s04998", "s04997"]
-    );
     // New events after indexing are found through the tail.
     let late = rest_entry(
         "late",
@@ -363,11 +381,16 @@ async fn rare_terms_are_found_through_the_index_and_in_the_unindexed_tail() {
         .insert(normalise(late.to_string().as_bytes(), Source::Rest).unwrap())
         .await
         .unwrap();
+    assert_eq!(store.search_lag().await.unwrap(), 1);
     assert_eq!(
-        ids(store.list_newest(&rare, None, 2).await.unwrap()),
+        ids(store
+            .list_newest(&filter(Some("flag 421"), None), None, 2)
+            .await
+            .unwrap()),
         vec!["late", "s04219"]
     );
     store.close().await;
+    db.remove().await;
 }
 
 #[tokio::test]

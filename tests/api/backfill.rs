@@ -145,9 +145,26 @@ async fn a_burst_larger_than_a_page_without_next_links_is_reported() {
         ..Options::default()
     };
     let (summary, db, _dir, _fake) = backfill_fresh(&data, cfg, opts).await;
-    assert!(summary.truncated_bursts >= 1, "{summary}");
-    assert_eq!(ids_in(&db).len() as u64, summary.new);
-    assert!(summary.new >= 55, "{summary}");
+    assert_eq!(summary.truncated_bursts, 1, "{summary}");
+    // Every entry outside the burst, and the 20 of the burst's 25 that one page holds (the
+    // highest ids, as LaunchDarkly orders a millisecond): 55 exactly.
+    assert_eq!(summary.new, 55, "{summary}");
+    let mut burst: Vec<&Value> = data
+        .iter()
+        .filter(|e| e["date"] == data[10]["date"])
+        .collect();
+    assert_eq!(burst.len(), 25);
+    burst.sort_by(|a, b| a["_id"].as_str().cmp(&b["_id"].as_str()));
+    let unreachable: HashSet<&str> = burst[..5]
+        .iter()
+        .map(|e| e["_id"].as_str().unwrap())
+        .collect();
+    let want: Vec<Value> = data
+        .iter()
+        .filter(|e| !unreachable.contains(e["_id"].as_str().unwrap()))
+        .cloned()
+        .collect();
+    assert_exact(&db, &want);
 }
 
 #[tokio::test]
@@ -375,7 +392,7 @@ async fn catch_up_in_serve_fetches_what_the_hook_missed() {
     let data = entries(80, now - 1000, 1000, &[]);
     let fake = FakeLd::start(&data, FakeConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(&dir.path().join("c.db"));
+    let mut cfg = config_for_backend(dir.path()).await;
     cfg.ld_api_token = Some(SecretString::from(fake.token().to_owned()));
     cfg.ld_base_url = fake.base.clone();
     cfg.catchup_interval = Duration::from_millis(200);
@@ -400,11 +417,16 @@ async fn catch_up_in_serve_fetches_what_the_hook_missed() {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains("audithook_catchup_runs_total{result=\"ok\"}"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("audithook_ld_requests_total"), "{metrics}");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    assert!(value("audithook_catchup_runs_total{result=\"ok\"} ") >= 1.0);
+    // One pass over 80 entries takes at least four pages of 20.
+    assert!(value("audithook_ld_requests_total ") >= 4.0, "{metrics}");
+    assert_eq!(value("audithook_catchup_lease_held "), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

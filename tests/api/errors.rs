@@ -47,7 +47,7 @@ async fn not_found_and_method_not_allowed_are_json() {
 #[tokio::test]
 async fn a_request_past_the_time_limit_gets_408_json() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(&dir.path().join("a.db"));
+    let mut cfg = config_for_backend(dir.path()).await;
     cfg.request_timeout = std::time::Duration::from_millis(500);
     let app = spawn_with(cfg, std::sync::Arc::new(dir)).await;
     // A body that never finishes arriving.
@@ -67,7 +67,7 @@ async fn a_request_past_the_time_limit_gets_408_json() {
 #[tokio::test]
 async fn health_answers_503_json_when_the_store_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = test_config(&dir.path().join("a.db"));
+    let cfg = config_for_backend(dir.path()).await;
     let state = audithook::build_state(cfg).await.unwrap();
     state.store.close().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

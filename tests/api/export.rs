@@ -269,8 +269,10 @@ async fn concurrent_readers_of_one_consumer_never_get_the_same_event() {
 async fn cli_export_writes_what_the_route_serves() {
     let app = spawn_app().await;
     for i in 0..50 {
-        app.post_event(tricky(&format!("x{i:02}"), i, "name, \"q\"", "=x@example.com").to_string())
+        let r = app
+            .post_event(tricky(&format!("x{i:02}"), i, "name, \"q\"", "=x@example.com").to_string())
             .await;
+        assert_eq!(r.status(), 202);
     }
     let over_http = get(&app, "/export.csv?preset=ld-audit")
         .await
@@ -282,6 +284,35 @@ async fn cli_export_writes_what_the_route_serves() {
         .bytes()
         .await
         .unwrap();
+    // What both must hold: one row per access, oldest first, values quoted and neutralised.
+    let mut reader = csv::Reader::from_reader(over_http.as_ref());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(header[0], "user_email");
+    assert_eq!(header[10], "id");
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 50);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(&row[10], format!("x{i:02}"));
+        assert_eq!(&row[0], "'=x@example.com");
+        assert_eq!(&row[6], "name, \"q\"");
+        assert_eq!(&row[3], i.to_string());
+    }
+    let lines: Vec<Value> = std::str::from_utf8(&ndjson_http)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 50);
+    for (i, entry) in lines.iter().enumerate() {
+        assert_eq!(entry["_id"], format!("x{i:02}"));
+        assert_eq!(entry["name"], "name, \"q\"");
+        assert_eq!(entry["member"]["email"], "=x@example.com");
+    }
     let url = app.url.clone();
     let dir = app.stop().await;
     let out = dir.path().join("out.csv");

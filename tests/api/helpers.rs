@@ -30,6 +30,30 @@ pub fn test_config(db: &std::path::Path) -> Config {
     config_for(&format!("sqlite://{}", db.display()))
 }
 
+/// The configuration tests use, on the backend the suites run against: a fresh Postgres
+/// database with `AUDITHOOK_TEST_BACKEND=postgres` (left to the throwaway server, as
+/// `spawn_app` does), else a SQLite file in `dir`.
+pub async fn config_for_backend(dir: &std::path::Path) -> Config {
+    if TestDb::postgres_backend() {
+        let db = TestDb::for_backend().await;
+        return config_for(&db.url);
+    }
+    test_config(&dir.join("audithook.db"))
+}
+
+/// A one-column text query on the database at `url`, read without the app.
+pub fn query_strings(url: &str, sql: &str) -> Vec<String> {
+    match audithook::store::sqlite::path_from_url(url) {
+        Some(path) => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            let mut stmt = conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            rows.map(Result::unwrap).collect()
+        }
+        None => pg_query(url, sql, None),
+    }
+}
+
 /// The configuration tests use, with the database at `url`.
 pub fn config_for(url: &str) -> Config {
     let mut cfg = Config::with_database(url);

@@ -454,7 +454,7 @@ async fn a_broken_template_stops_start_up_naming_file_line_and_column() {
         "{\n  \"a\": \"{{#if x}}\"\n}\n",
     )
     .unwrap();
-    let mut cfg = test_config(&tmp.path().join("db.sqlite"));
+    let mut cfg = config_for_backend(tmp.path()).await;
     cfg.templates = templates;
     let err = audithook::build_state(cfg)
         .await
@@ -680,7 +680,7 @@ fn runaway() -> Value {
 #[tokio::test]
 async fn a_render_past_its_time_budget_gets_422() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(&dir.path().join("a.db"));
+    let mut cfg = config_for_backend(dir.path()).await;
     cfg.render_timeout = std::time::Duration::from_millis(800);
     let app = spawn_with(cfg, std::sync::Arc::new(dir)).await;
     let started = std::time::Instant::now();
@@ -701,7 +701,7 @@ async fn a_render_past_its_time_budget_gets_422() {
 #[tokio::test]
 async fn a_render_stops_when_its_client_goes_away_and_never_holds_up_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(&dir.path().join("a.db"));
+    let mut cfg = config_for_backend(dir.path()).await;
     cfg.render_timeout = std::time::Duration::from_secs(600);
     let app = spawn_with(cfg, std::sync::Arc::new(dir)).await;
     // The client gives up after 1 s.

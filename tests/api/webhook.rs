@@ -312,7 +312,7 @@ async fn wrong_content_type_gets_415() {
 #[tokio::test]
 async fn oversize_body_gets_413() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(&dir.path().join("a.db"));
+    let mut cfg = config_for_backend(dir.path()).await;
     cfg.max_body = 1000;
     let app = spawn_with(cfg, std::sync::Arc::new(dir)).await;
     let mut ev = hook_payload("big-1", 1);
@@ -401,10 +401,10 @@ async fn health_and_metrics() {
 #[tokio::test]
 async fn generated_tokens_are_kept_and_reused_and_differ() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("gen.db");
-    let mut cfg = test_config(&db);
+    let mut cfg = config_for_backend(dir.path()).await;
     cfg.hook_token = None;
     cfg.api_token = None;
+    let cfg_url = cfg.database_url.clone();
     let first = audithook::build_state(cfg.clone()).await.unwrap();
     let (hook1, read1) = (first.hook_auth.token, first.read_auth.token);
     first.store.close().await;
@@ -413,15 +413,11 @@ async fn generated_tokens_are_kept_and_reused_and_differ() {
     assert_eq!(second.read_auth.token, read1);
     assert_ne!(hook1, read1);
     // Only digests are stored, never the token itself.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let keys: Vec<String> = conn
-        .prepare("SELECT key FROM settings ORDER BY key")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let keys = query_strings(&cfg_url, "SELECT key FROM settings ORDER BY key");
     assert_eq!(keys, vec!["api_token_sha256", "hook_token_sha256"]);
+    // What is kept is the SHA-256 of each token, not the token.
+    let kept = query_strings(&cfg_url, "SELECT value FROM settings ORDER BY key");
+    assert_eq!(kept, vec![hex::encode(read1), hex::encode(hook1)]);
 }
 
 /// A body nesting `depth` arrays in an unchecked field.
