@@ -28,7 +28,8 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Connections each instance keeps to Postgres at most (ignored for SQLite).
+    /// Connections each instance keeps to Postgres at most; with SQLite, read connections
+    /// in use at once.
     #[arg(
         long,
         env = "AUDITHOOK_DATABASE_MAX_CONNECTIONS",
@@ -85,6 +86,15 @@ pub struct Config {
     #[arg(long, env = "AUDITHOOK_RENDER_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub render_timeout: std::time::Duration,
 
+    /// Exports (`/export.csv`, `/export.ndjson`) running at once, at most; more get `429`.
+    #[arg(long, env = "AUDITHOOK_MAX_EXPORTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub max_exports: u32,
+
+    /// How long an export waits for a client that reads nothing before it stops (and
+    /// releases its read snapshot).
+    #[arg(long, env = "AUDITHOOK_EXPORT_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub export_stall_timeout: std::time::Duration,
+
     /// LaunchDarkly API access token for backfill and catch-up.
     #[arg(long, env = "LD_API_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
     pub ld_api_token: Option<SecretString>,
@@ -123,6 +133,8 @@ impl std::fmt::Debug for Config {
             .field("max_body", &self.max_body)
             .field("request_timeout", &self.request_timeout)
             .field("render_timeout", &self.render_timeout)
+            .field("max_exports", &self.max_exports)
+            .field("export_stall_timeout", &self.export_stall_timeout)
             .field("ld_api_token", &secret(&self.ld_api_token))
             .field("catchup_interval", &self.catchup_interval)
             .field("catchup_overlap", &self.catchup_overlap)
@@ -155,6 +167,8 @@ impl Config {
             max_body: 1_048_576,
             request_timeout: std::time::Duration::from_secs(30),
             render_timeout: std::time::Duration::from_secs(10),
+            max_exports: 4,
+            export_stall_timeout: std::time::Duration::from_secs(60),
             ld_api_token: None,
             catchup_interval: std::time::Duration::from_secs(600),
             catchup_overlap: std::time::Duration::from_secs(3600),

@@ -401,49 +401,73 @@ impl Encoder {
     }
 }
 
-/// Streams an export as chunks of about 64 KiB. Dropping the receiver stops the query.
-pub fn stream(
+/// Streams an export as chunks of about 64 KiB, then one empty chunk that marks the end: a
+/// channel that closes without it was cut short. Dropping the receiver stops the query. With
+/// `stall`, a reader that takes no chunk for that long ends the export (the query stops and
+/// its read snapshot is released), so a stalled client cannot pin the database. `hold` is
+/// kept until the export ends either way (a permit, say).
+pub fn stream<H: Send + 'static>(
     store: &Store,
     filter: Filter,
     format: Format,
+    stall: Option<std::time::Duration>,
+    hold: H,
 ) -> mpsc::Receiver<Result<Bytes, StoreError>> {
     let (tx, rx) = mpsc::channel(8);
     let mut rows = store.export(filter, format.needs_raw());
     tokio::spawn(async move {
+        let _hold = hold;
+        let send = |chunk: Result<Bytes, StoreError>| {
+            let tx = tx.clone();
+            async move {
+                match stall {
+                    None => tx.send(chunk).await.is_ok(),
+                    Some(limit) => match tokio::time::timeout(limit, tx.send(chunk)).await {
+                        Ok(sent) => sent.is_ok(),
+                        Err(_) => {
+                            tracing::warn!(
+                                stall_s = limit.as_secs_f64(),
+                                "export client took nothing for too long; export stopped"
+                            );
+                            false
+                        }
+                    },
+                }
+            }
+        };
         let mut enc = Encoder::new(format);
         while let Some(batch) = rows.recv().await {
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = tx.send(Err(e)).await;
+                    let _ = send(Err(e)).await;
                     return;
                 }
             };
-            if let Err(e) = batch.iter().try_for_each(|row| enc.push(row)) {
-                let _ = tx.send(Err(StoreError::Other(e))).await;
-                return;
-            }
-            if enc.pending() >= 64 * 1024 {
-                match enc.take() {
-                    Ok(chunk) => {
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return; // the client went away; dropping `rows` stops the query
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(StoreError::Other(e))).await;
-                        return;
+            for row in &batch {
+                if let Err(e) = enc.push(row) {
+                    let _ = send(Err(StoreError::Other(e))).await;
+                    return;
+                }
+                // Hand over as soon as a chunk is full: buffering follows bytes, not rows.
+                if enc.pending() >= 64 * 1024 {
+                    let chunk = enc.take().map_err(StoreError::Other);
+                    let failed = chunk.is_err();
+                    if !send(chunk).await || failed {
+                        return; // the client went away; dropping `rows` stops the query
                     }
                 }
             }
         }
         match enc.take() {
-            Ok(chunk) if !chunk.is_empty() => {
-                let _ = tx.send(Ok(chunk)).await;
+            Ok(chunk) => {
+                if !chunk.is_empty() && !send(Ok(chunk)).await {
+                    return;
+                }
+                let _ = send(Ok(Bytes::new())).await;
             }
-            Ok(_) => {}
             Err(e) => {
-                let _ = tx.send(Err(StoreError::Other(e))).await;
+                let _ = send(Err(StoreError::Other(e))).await;
             }
         }
     });

@@ -44,6 +44,8 @@ pub struct AppState {
     pub renderer: Arc<render::Renderer>,
     /// Cancelled when the service starts stopping: long work (a preview render) ends then.
     pub shutdown: CancellationToken,
+    /// Permits for exports running at once (`AUDITHOOK_MAX_EXPORTS`).
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router with every route and layer.
@@ -229,6 +231,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
         anyhow::bail!("AUDITHOOK_HOOK_TOKEN and AUDITHOOK_API_TOKEN must differ: the token LaunchDarkly holds must not read");
     }
     let renderer = load_templates(&cfg)?;
+    let cfg_max_exports = cfg.max_exports;
     let hook_auth = HookAuth::new(
         hook_token,
         cfg.hook_basic.as_ref(),
@@ -242,6 +245,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
         read_auth: Arc::new(ReadAuth { token: api_token }),
         renderer: Arc::new(renderer),
         shutdown: CancellationToken::new(),
+        exports: Arc::new(tokio::sync::Semaphore::new(cfg_max_exports as usize)),
     })
 }
 

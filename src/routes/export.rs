@@ -56,19 +56,44 @@ fn streamed(
     format: Format,
     content_type: &'static str,
     file: &'static str,
-) -> Response {
-    let rx = export::stream(&state.store, filter, format);
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+) -> Result<Response> {
+    // Each export holds a read snapshot and a connection for as long as it streams: at most
+    // AUDITHOOK_MAX_EXPORTS run at once. The permit lives as long as the body does.
+    let permit = state.exports.clone().try_acquire_owned().map_err(|_| {
+        ApiError::client(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_exports",
+            format!(
+                "{} exports are running (AUDITHOOK_MAX_EXPORTS); retry when one has finished",
+                state.cfg.max_exports
+            ),
+        )
+    })?;
+    let rx = export::stream(
+        &state.store,
+        filter,
+        format,
+        Some(state.cfg.export_stall_timeout),
+        permit,
+    );
+    // An export that ends without its end mark was cut short (a stall, a failure): the body
+    // then ends in an error, so the client sees a broken transfer, never a short file.
+    let body = futures_util::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
         match rx.recv().await {
-            Some(Ok(chunk)) => Some((Ok::<_, std::io::Error>(chunk), rx)),
+            Some(Ok(chunk)) if chunk.is_empty() => None,
+            Some(Ok(chunk)) => Some((Ok::<_, std::io::Error>(chunk), Some(rx))),
             Some(Err(e)) => {
                 tracing::error!(error = %e, "export failed mid-stream");
-                Some((Err(std::io::Error::other(e.to_string())), rx))
+                Some((Err(std::io::Error::other(e.to_string())), None))
             }
-            None => None,
+            None => Some((
+                Err(std::io::Error::other("the export stopped before its end")),
+                None,
+            )),
         }
     });
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, content_type),
             (header::CONTENT_DISPOSITION, file),
@@ -76,29 +101,29 @@ fn streamed(
         ],
         Body::from_stream(body),
     )
-        .into_response()
+        .into_response())
 }
 
 #[tracing::instrument(skip_all)]
 async fn get_csv(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response> {
     let (filter, format) = parse_export_query(query.as_deref(), true)?;
-    Ok(streamed(
+    streamed(
         &state,
         filter,
         format,
         "text/csv; charset=utf-8",
         "attachment; filename=\"audithook-export.csv\"",
-    ))
+    )
 }
 
 #[tracing::instrument(skip_all)]
 async fn get_ndjson(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response> {
     let (filter, format) = parse_export_query(query.as_deref(), false)?;
-    Ok(streamed(
+    streamed(
         &state,
         filter,
         format,
         "application/x-ndjson",
         "attachment; filename=\"audithook-export.ndjson\"",
-    ))
+    )
 }

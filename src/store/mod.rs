@@ -171,6 +171,24 @@ impl Default for StoreOptions {
     }
 }
 
+/// Rows an export hands to its encoder at once, at most.
+pub(crate) const EXPORT_BATCH: usize = 512;
+/// Bytes of rows an export hands over at once, at most (a batch closes once past it), so a
+/// slow reader of large events holds a few MiB, not `EXPORT_BATCH` events.
+pub(crate) const EXPORT_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+impl ExportRow {
+    /// About how many bytes the row holds.
+    pub(crate) fn size(&self) -> usize {
+        self.raw.as_ref().map_or(0, String::len)
+            + self.accesses.len()
+            + self.name.len()
+            + self.title.len()
+            + self.id.len()
+            + 64
+    }
+}
+
 /// Candidates the first pass of a text search looks at, by default: common terms find a
 /// page among the newest few thousand events, and then they are the newest matches of all.
 pub const NEWEST_CANDIDATES: i64 = 2000;

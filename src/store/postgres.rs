@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
     AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
-    QueueBatch, StoreError, StoredEvent,
+    QueueBatch, StoreError, StoredEvent, EXPORT_BATCH, EXPORT_BATCH_BYTES,
 };
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
@@ -32,8 +32,6 @@ use crate::now_ms;
 
 /// Events indexed per transaction (short, so a writer waking up waits little).
 const INDEX_BATCH: i64 = 500;
-/// Rows an export sends to the encoder at once.
-const EXPORT_BATCH: usize = 512;
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Statements slower than this are logged as warnings.
@@ -279,8 +277,9 @@ impl PgStore {
                 q.sql.push_str(" ORDER BY date, id");
                 let mut rows = q.query().fetch(&pool);
                 let mut batch = Vec::with_capacity(EXPORT_BATCH);
+                let mut bytes = 0usize;
                 while let Some(r) = rows.try_next().await? {
-                    batch.push(ExportRow {
+                    let row = ExportRow {
                         seq: r.try_get(0)?,
                         id: r.try_get(1)?,
                         date: r.try_get(2)?,
@@ -292,8 +291,11 @@ impl PgStore {
                         token_id: r.try_get(8)?,
                         accesses: r.try_get(9)?,
                         raw: r.try_get(10)?,
-                    });
-                    if batch.len() == EXPORT_BATCH {
+                    };
+                    bytes += row.size();
+                    batch.push(row);
+                    if batch.len() == EXPORT_BATCH || bytes >= EXPORT_BATCH_BYTES {
+                        bytes = 0;
                         let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH));
                         if tx.send(Ok(full)).await.is_err() {
                             // The reader went away (client disconnected): stop the query.

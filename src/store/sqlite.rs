@@ -12,14 +12,12 @@ use tokio::sync::mpsc;
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
     AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
-    QueueBatch, StoreError, StoredEvent,
+    QueueBatch, StoreError, StoredEvent, EXPORT_BATCH, EXPORT_BATCH_BYTES,
 };
 use crate::event::NewEvent;
 use crate::metrics::Metrics;
 use crate::now_ms;
 
-/// Rows an export sends across threads at once.
-const EXPORT_BATCH: usize = 512;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 16;
 
@@ -79,6 +77,9 @@ pub struct SqliteStore {
     indexer_stop: Arc<AtomicBool>,
     /// Candidates of the first pass of a text search.
     newest_candidates: i64,
+    /// Read connections in use at once, at most (`AUDITHOOK_DATABASE_MAX_CONNECTIONS`):
+    /// each holds a blocking thread, and each export a snapshot.
+    read_permits: Arc<tokio::sync::Semaphore>,
 }
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
@@ -196,6 +197,9 @@ impl SqliteStore {
             side: Arc::new(Mutex::new(None)),
             indexer_stop,
             newest_candidates: options.newest_candidates,
+            read_permits: Arc::new(tokio::sync::Semaphore::new(
+                options.max_connections.max(1) as usize
+            )),
         })
     }
 
@@ -218,7 +222,14 @@ impl SqliteStore {
     {
         let pool = self.readers.clone();
         let path = self.path.clone();
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let idle = pool.lock().map(|mut p| p.pop()).unwrap_or(None);
             let conn = match idle {
                 Some(c) => c,
@@ -347,7 +358,13 @@ impl SqliteStore {
     ) -> mpsc::Receiver<Result<Vec<ExportRow>, StoreError>> {
         let (tx, rx) = mpsc::channel(4);
         let path = self.path.clone();
+        let permits = self.read_permits.clone();
+        let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            let Ok(_permit) = handle.block_on(permits.acquire_owned()) else {
+                let _ = tx.blocking_send(Err(StoreError::Closed));
+                return;
+            };
             let run = || -> Result<(), StoreError> {
                 let conn = open_reader(&path)?;
                 let mut sql = String::from(
@@ -361,6 +378,7 @@ impl SqliteStore {
                 let mut stmt = conn.prepare(&sql)?;
                 let mut rows = stmt.query(params_from_iter(args.iter()))?;
                 let mut batch = Vec::with_capacity(EXPORT_BATCH);
+                let mut bytes = 0usize;
                 while let Some(r) = rows.next()? {
                     let row = ExportRow {
                         seq: r.get(0)?,
@@ -375,8 +393,9 @@ impl SqliteStore {
                         accesses: r.get(9)?,
                         raw: r.get(10)?,
                     };
+                    bytes += row.size();
                     batch.push(row);
-                    if batch.len() == EXPORT_BATCH
+                    if (batch.len() == EXPORT_BATCH || bytes >= EXPORT_BATCH_BYTES)
                         && tx
                             .blocking_send(Ok(std::mem::replace(
                                 &mut batch,
@@ -386,6 +405,9 @@ impl SqliteStore {
                     {
                         // The reader went away (client disconnected): stop the query.
                         return Ok(());
+                    }
+                    if batch.is_empty() {
+                        bytes = 0;
                     }
                 }
                 if !batch.is_empty() {

@@ -425,3 +425,47 @@ async fn queue_explicit_ack_over_http() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_are_bounded_in_number_and_a_stalled_one_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for_backend(dir.path()).await;
+    cfg.max_exports = 1;
+    cfg.export_stall_timeout = std::time::Duration::from_millis(1500);
+    let app = spawn_with(cfg, std::sync::Arc::new(dir)).await;
+    // 24 MB of events: far more than socket buffers hold, so an unread export stalls.
+    let filler = "y".repeat(200 * 1024);
+    for i in 0..120 {
+        let mut e = rest_entry(&format!("big{i:03}"), 1000 + i, "f", "proj/x", "m");
+        e["comment"] = json!(filler);
+        assert_eq!(app.post_event(e.to_string()).await.status(), 202);
+    }
+    // A client that asks and then reads nothing.
+    let stalled = get(&app, "/export.ndjson").await;
+    assert_eq!(stalled.status(), 200);
+    let r = get(&app, "/export.csv").await;
+    assert_eq!(r.status(), 429);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["code"], "too_many_exports");
+    assert!(err["message"]
+        .as_str()
+        .unwrap()
+        .contains("AUDITHOOK_MAX_EXPORTS"));
+    // Past the stall limit the stalled export stops and its permit (and snapshot) go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let body = loop {
+        let r = get(&app, "/export.csv?columns=id").await;
+        if r.status() == 200 {
+            break r.text().await.unwrap();
+        }
+        assert_eq!(r.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled export never let go"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(body.lines().count(), 121);
+    // The stalled client's transfer ends broken, never as a short file that looks whole.
+    assert!(stalled.bytes().await.is_err());
+}
