@@ -171,6 +171,10 @@ impl Default for StoreOptions {
     }
 }
 
+/// Raw bytes one queue batch holds at most (at least one event): a batch ends early rather
+/// than build a huge answer, and the next read carries on.
+pub const QUEUE_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
 /// Rows an export hands to its encoder at once, at most.
 pub(crate) const EXPORT_BATCH: usize = 512;
 /// Bytes of rows an export hands over at once, at most (a batch closes once past it), so a

@@ -347,30 +347,48 @@ impl PgStore {
         let now: i64 = sqlx::query_scalar(&format!("SELECT {NOW_MS}"))
             .fetch_one(&mut *tx)
             .await?;
-        // Leases that ran out come first: their events go out again.
-        let mut rows = sqlx::query(
-            "SELECT e.seq, e.id, e.date, e.raw FROM queue_leases l JOIN events e ON e.seq = l.seq \
-             WHERE l.consumer = $1 AND l.expires_at <= $2 ORDER BY l.seq LIMIT $3",
-        )
-        .bind(name)
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(row_to_event)
-        .collect::<Result<Vec<_>, _>>()?;
+        // Leases that ran out come first: their events go out again. A batch ends early
+        // rather than pass QUEUE_BATCH_BYTES (at least one event).
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        {
+            use futures_util::TryStreamExt;
+            let mut found = sqlx::query(
+                "SELECT e.seq, e.id, e.date, e.raw FROM queue_leases l JOIN events e ON e.seq = l.seq \
+                 WHERE l.consumer = $1 AND l.expires_at <= $2 ORDER BY l.seq LIMIT $3",
+            )
+            .bind(name)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch(&mut *tx);
+            while let Some(r) = found.try_next().await? {
+                let row = row_to_event(&r)?;
+                bytes += row.raw.len();
+                if bytes > super::QUEUE_BATCH_BYTES && !rows.is_empty() {
+                    break;
+                }
+                rows.push(row);
+            }
+        }
         let expired: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        let fresh = sqlx::query(
-            "SELECT seq, id, date, raw FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(position)
-        .bind((limit - expired.len()) as i64)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(row_to_event)
-        .collect::<Result<Vec<_>, _>>()?;
+        let mut fresh = Vec::new();
+        if bytes <= super::QUEUE_BATCH_BYTES {
+            use futures_util::TryStreamExt;
+            let mut found = sqlx::query(
+                "SELECT seq, id, date, raw FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(position)
+            .bind((limit - expired.len()) as i64)
+            .fetch(&mut *tx);
+            while let Some(r) = found.try_next().await? {
+                let row = row_to_event(&r)?;
+                bytes += row.raw.len();
+                if bytes > super::QUEUE_BATCH_BYTES && !(rows.is_empty() && fresh.is_empty()) {
+                    break;
+                }
+                fresh.push(row);
+            }
+        }
         if let Some(last) = fresh.last() {
             sqlx::query(&format!(
                 "UPDATE consumers SET position = $2, updated_at = {NOW_MS} WHERE name = $1"

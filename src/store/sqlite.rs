@@ -450,28 +450,45 @@ impl SqliteStore {
                 )?
                 .query_map(params![name, now, limit as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut rows = Vec::with_capacity(limit);
+            let mut rows = Vec::with_capacity(limit.min(64));
+            let mut bytes = 0usize;
+            let mut expired_taken = Vec::new();
             {
                 let mut one =
                     tx.prepare_cached("SELECT seq, id, date, raw FROM events WHERE seq = ?1")?;
                 for seq in &expired {
-                    rows.push(one.query_row([seq], row_to_event)?);
+                    let row = one.query_row([seq], row_to_event)?;
+                    bytes += row.raw.len();
+                    if bytes > super::QUEUE_BATCH_BYTES && !rows.is_empty() {
+                        break;
+                    }
+                    expired_taken.push(*seq);
+                    rows.push(row);
                 }
             }
+            let expired = expired_taken;
             let position: i64 = tx
                 .query_row("SELECT position FROM consumers WHERE name = ?1", [&name], |r| r.get(0))
                 .optional()?
                 .unwrap_or(0);
-            let fresh = {
+            let mut fresh = Vec::new();
+            if bytes <= super::QUEUE_BATCH_BYTES {
                 let mut stmt = tx.prepare_cached(
                     "SELECT seq, id, date, raw FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )?;
-                let rows = stmt.query_map(
+                let found = stmt.query_map(
                     params![position, (limit - expired.len()) as i64],
                     row_to_event,
                 )?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()?
-            };
+                for row in found {
+                    let row = row?;
+                    bytes += row.raw.len();
+                    if bytes > super::QUEUE_BATCH_BYTES && !(rows.is_empty() && fresh.is_empty()) {
+                        break;
+                    }
+                    fresh.push(row);
+                }
+            }
             if let Some(last) = fresh.last() {
                 tx.execute(
                     "INSERT INTO consumers (name, position, updated_at) VALUES (?1, ?2, ?3) \

@@ -469,3 +469,37 @@ async fn exports_are_bounded_in_number_and_a_stalled_one_lets_go() {
     // The stalled client's transfer ends broken, never as a short file that looks whole.
     assert!(stalled.bytes().await.is_err());
 }
+
+#[tokio::test]
+async fn a_queue_batch_of_large_events_is_capped_in_bytes() {
+    let app = spawn_app().await;
+    let filler = "z".repeat(900 * 1024);
+    for i in 0..40 {
+        let mut e = rest_entry(&format!("q{i:02}"), 1000 + i, "f", "proj/x", "m");
+        e["comment"] = json!(filler);
+        assert_eq!(app.post_event(e.to_string()).await.status(), 202);
+    }
+    let mut sizes = Vec::new();
+    let mut seen = Vec::new();
+    for mode in ["", "&ack=explicit"] {
+        let consumer = if mode.is_empty() { "plain" } else { "acked" };
+        loop {
+            let page: Value = get(&app, &format!("/queue/{consumer}?limit=1000{mode}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let items = page["items"].as_array().unwrap();
+            if items.is_empty() {
+                break;
+            }
+            sizes.push(items.len());
+            seen.extend(items.iter().map(|i| i["_id"].as_str().unwrap().to_owned()));
+        }
+    }
+    // 16 MiB of ~900 KB events: 18 a batch.
+    assert_eq!(sizes, [18, 18, 4, 18, 18, 4]);
+    let want: Vec<String> = (0..40).map(|i| format!("q{i:02}")).collect();
+    assert_eq!(seen[..40], want[..]);
+    assert_eq!(seen[40..], want[..]);
+}
