@@ -86,6 +86,14 @@ pub struct Config {
     #[arg(long, env = "AUDITHOOK_RENDER_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub render_timeout: std::time::Duration,
 
+    /// PEM certificate chain: with `AUDITHOOK_TLS_KEY`, audithook serves HTTPS itself.
+    #[arg(long, env = "AUDITHOOK_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `AUDITHOOK_TLS_CERT`.
+    #[arg(long, env = "AUDITHOOK_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
     /// Exports (`/export.csv`, `/export.ndjson`) running at once, at most; more get `429`.
     #[arg(long, env = "AUDITHOOK_MAX_EXPORTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub max_exports: u32,
@@ -133,6 +141,8 @@ impl std::fmt::Debug for Config {
             .field("max_body", &self.max_body)
             .field("request_timeout", &self.request_timeout)
             .field("render_timeout", &self.render_timeout)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("max_exports", &self.max_exports)
             .field("export_stall_timeout", &self.export_stall_timeout)
             .field("ld_api_token", &secret(&self.ld_api_token))
@@ -167,6 +177,8 @@ impl Config {
             max_body: 1_048_576,
             request_timeout: std::time::Duration::from_secs(30),
             render_timeout: std::time::Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
             max_exports: 4,
             export_stall_timeout: std::time::Duration::from_secs(60),
             ld_api_token: None,

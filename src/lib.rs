@@ -269,12 +269,40 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+    /// Set when the service serves HTTPS itself.
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+}
+
+/// The TLS configuration from `AUDITHOOK_TLS_CERT` and `AUDITHOOK_TLS_KEY`: both or neither.
+async fn load_tls(cfg: &Config) -> anyhow::Result<Option<axum_server::tls_rustls::RustlsConfig>> {
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "AUDITHOOK_TLS_CERT={} / AUDITHOOK_TLS_KEY={}: cannot load the certificate and key: {e}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            Ok(Some(tls))
+        }
+        (Some(_), None) => anyhow::bail!(
+            "AUDITHOOK_TLS_CERT is set but AUDITHOOK_TLS_KEY is not: set both to serve HTTPS"
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "AUDITHOOK_TLS_KEY is set but AUDITHOOK_TLS_CERT is not: set both to serve HTTPS"
+        ),
+    }
 }
 
 impl Application {
     /// Opens the store, resolves credentials and binds `cfg.listen` (port 0 picks a free port).
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         let listen = cfg.listen;
+        let tls = load_tls(&cfg).await?;
         let state = build_state(cfg).await?;
         let listener = TcpListener::bind(listen)
             .await
@@ -284,6 +312,7 @@ impl Application {
             listener,
             state,
             shutdown,
+            tls,
         })
     }
 
@@ -311,8 +340,13 @@ impl Application {
             listener,
             state,
             shutdown,
+            tls,
         } = self;
-        tracing::info!(addr = %listener.local_addr()?, "audithook listening");
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            tls = tls.is_some(),
+            "audithook listening"
+        );
         let store = state.store.clone();
         let catchup = state.cfg.ld_api_token.clone().map(|token| {
             tokio::spawn(backfill::catchup::run_loop(
@@ -328,16 +362,33 @@ impl Application {
         let router = app(state);
         let stop = shutdown.clone();
         let signal_stop = shutdown.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = shutdown_signal() => {}
-                    _ = stop.cancelled() => {}
-                }
-                signal_stop.cancel();
-                tracing::info!("shutting down: finishing in-flight requests");
-            })
-            .await?;
+        let stopping = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stop.cancelled() => {}
+            }
+            signal_stop.cancel();
+            tracing::info!("shutting down: finishing in-flight requests");
+        };
+        match tls {
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopping)
+                    .await?
+            }
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let on_stop = handle.clone();
+                tokio::spawn(async move {
+                    stopping.await;
+                    on_stop.graceful_shutdown(None);
+                });
+                axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+                    .handle(handle)
+                    .serve(router.into_make_service())
+                    .await?;
+            }
+        }
         shutdown.cancel();
         if let Some(task) = catchup {
             let _ = task.await;

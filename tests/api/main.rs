@@ -12,6 +12,7 @@ mod search_diff;
 mod skips;
 mod store;
 mod templates;
+mod tls;
 mod webhook;
 
 #[path = "../support/fake_ld.rs"]
