@@ -408,25 +408,14 @@ async fn catch_up_in_serve_fetches_what_the_hook_missed() {
     }
     let got: HashSet<String> = app.stored_ids().into_iter().collect();
     assert_eq!(got, expected_ids(&data));
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
-    };
-    assert!(value("audithook_catchup_runs_total{result=\"ok\"} ") >= 1.0);
+    assert!(
+        app.metric_value("audithook_catchup_runs_total{result=\"ok\"}")
+            .await
+            >= 1.0
+    );
     // One pass over 80 entries takes at least four pages of 20.
-    assert!(value("audithook_ld_requests_total ") >= 4.0, "{metrics}");
-    assert_eq!(value("audithook_catchup_lease_held "), 1.0);
+    assert!(app.metric_value("audithook_ld_requests_total").await >= 4.0);
+    assert_eq!(app.metric_value("audithook_catchup_lease_held").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

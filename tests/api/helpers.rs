@@ -167,6 +167,45 @@ impl TestApp {
         reqwest::Response::from(builder.body(bytes).unwrap())
     }
 
+    /// The `_id`s of the items a read route answers, in order.
+    pub async fn item_ids(&self, path_and_query: &str) -> Vec<String> {
+        let r = self.read(path_and_query).await;
+        assert_eq!(r.status(), 200, "{path_and_query}");
+        let page: Value = r.json().await.unwrap();
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of the metric series whose line starts with `series ` (name and labels).
+    pub async fn metric_value(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{series} is not exported: {text}"))
+    }
+
     /// Every stored `_id` in arrival order, read straight from the database.
     pub fn stored_ids(&self) -> Vec<String> {
         stored_ids_at(&self.url)

@@ -590,21 +590,7 @@ fn nested_blocks(name: &str, depth: usize) -> String {
 }
 
 async fn renders_running(app: &TestApp) -> i64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("audithook_preview_renders_running "))
-        .expect("the gauge is exported")
-        .trim()
-        .parse()
-        .unwrap()
+    app.metric_value("audithook_preview_renders_running").await as i64
 }
 
 #[tokio::test]
