@@ -503,3 +503,43 @@ async fn a_queue_batch_of_large_events_is_capped_in_bytes() {
     assert_eq!(seen[..40], want[..]);
     assert_eq!(seen[40..], want[..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_connections_are_bounded() {
+    if TestDb::postgres_backend() {
+        // Postgres bounds its pool (AUDITHOOK_DATABASE_MAX_CONNECTIONS) by sqlx's own pool.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(&dir.path().join("a.db"));
+    cfg.database_max_connections = 2;
+    cfg.request_timeout = std::time::Duration::from_millis(800);
+    cfg.export_stall_timeout = std::time::Duration::from_secs(3);
+    let app = spawn_with(cfg, std::sync::Arc::new(dir)).await;
+    let filler = "y".repeat(200 * 1024);
+    for i in 0..120 {
+        let mut e = rest_entry(&format!("r{i:03}"), 1000 + i, "f", "proj/x", "m");
+        e["comment"] = json!(filler);
+        assert_eq!(app.post_event(e.to_string()).await.status(), 202);
+    }
+    // Two exports whose clients read nothing hold both read connections...
+    let held = [
+        get(&app, "/export.ndjson").await,
+        get(&app, "/export.ndjson").await,
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // ...so a third reader waits for one instead of opening more, and times out.
+    let r = get(&app, "/api/v2/auditlog/r001").await;
+    assert_eq!(r.status(), 408);
+    // Once the stalled exports stop, reads go on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let r = get(&app, "/api/v2/auditlog/r001").await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(held);
+}
