@@ -472,6 +472,22 @@ pub fn listing_rep(raw: &str, date: i64, id: &str) -> Value {
     Value::Object(map)
 }
 
+/// Writes `rows` as a JSON array of listing reps into `out`, consuming each row as it goes,
+/// so a page's memory is its answer's bytes plus one entry, not several copies of the page.
+pub fn write_listing_items(out: &mut Vec<u8>, rows: Vec<crate::store::StoredEvent>) {
+    out.push(b'[');
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let rep = listing_rep(&row.raw, row.date, &row.id);
+        drop(row);
+        // Serialising a `Value` into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &rep);
+    }
+    out.push(b']');
+}
+
 /// Whether a LaunchDarkly resource specifier pattern (`*` globs, e.g.
 /// `proj/*:env/production:flag/*`) matches a resource. A pattern also matches every
 /// resource beneath what it names: `proj/default` matches `proj/default:env/test:flag/x`.

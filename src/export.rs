@@ -413,7 +413,7 @@ pub fn stream<H: Send + 'static>(
     stall: Option<std::time::Duration>,
     hold: H,
 ) -> mpsc::Receiver<Result<Bytes, StoreError>> {
-    let (tx, rx) = mpsc::channel(8);
+    let (tx, rx) = mpsc::channel(2);
     let mut rows = store.export(filter, format.needs_raw());
     tokio::spawn(async move {
         let _hold = hold;

@@ -25,7 +25,7 @@ pub const MAX_LIMIT: usize = 1000;
 pub const MAX_OFFSET: usize = 100_000_000;
 /// Raw bytes of entries one page holds at most (at least one entry): with large events a
 /// page ends early and `_links.next` carries on, so a reader's memory follows bytes, not rows.
-pub const PAGE_MAX_BYTES: usize = 16 * 1024 * 1024;
+pub const PAGE_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// Read routes of the LaunchDarkly-compatible API.
 pub fn router() -> Router<AppState> {
@@ -151,7 +151,7 @@ fn link(path: &str, params: &[(String, String)], cursor: Option<&Cursor>) -> Val
 async fn list_entries(
     State(AppState { store, .. }): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>> {
+) -> Result<axum::response::Response> {
     let params = parse_list_params(query.as_deref())?;
     let page = PageSpec {
         offset: params.offset,
@@ -186,11 +186,25 @@ async fn list_entries(
             links.insert("next".into(), link(LIST_PATH, &rest, Some(&next)));
         }
     }
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|r| listing_rep(&r.raw, r.date, &r.id))
-        .collect();
-    Ok(Json(json!({"items": items, "_links": links})))
+    Ok(json_body(|out| {
+        out.extend_from_slice(b"{\"items\":");
+        crate::event::write_listing_items(out, rows);
+        out.extend_from_slice(b",\"_links\":");
+        let _ = serde_json::to_writer(&mut *out, &links);
+        out.push(b'}');
+    }))
+}
+
+/// A JSON answer written straight into its body.
+pub fn json_body(write: impl FnOnce(&mut Vec<u8>)) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut out = Vec::new();
+    write(&mut out);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response()
 }
 
 #[tracing::instrument(skip_all, fields(event_id = %id))]

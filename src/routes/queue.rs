@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Result};
-use crate::event::listing_rep;
 use crate::routes::auditlog::parse_limit;
 use crate::store::AckOutcome;
 use crate::AppState;
@@ -48,7 +47,7 @@ async fn get_queue(
     State(AppState { store, .. }): State<AppState>,
     Path(consumer): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>> {
+) -> Result<axum::response::Response> {
     if !valid_consumer(&consumer) {
         return Err(ApiError::bad_request(
             "the consumer name must be 1 to 64 characters of letters, digits, `-`, `_` and `.`",
@@ -97,17 +96,19 @@ async fn get_queue(
         .queue_take_leased(&consumer, limit, lease)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let items: Vec<Value> = batch
-        .rows
-        .iter()
-        .map(|r| listing_rep(&r.raw, r.date, &r.id))
-        .collect();
-    let mut out = json!({"consumer": consumer, "count": items.len(), "items": items});
+    let mut head = json!({"consumer": consumer, "count": batch.rows.len()});
     if let (Some(token), Some(lease)) = (batch.ack, lease) {
-        out["ack"] = Value::String(token);
-        out["visibility"] = Value::from(lease.as_secs());
+        head["ack"] = Value::String(token);
+        head["visibility"] = Value::from(lease.as_secs());
     }
-    Ok(Json(out))
+    Ok(crate::routes::auditlog::json_body(|out| {
+        // `{...head fields..., "items": [...]}`
+        let _ = serde_json::to_writer(&mut *out, &head);
+        out.pop();
+        out.extend_from_slice(b",\"items\":");
+        crate::event::write_listing_items(out, batch.rows);
+        out.push(b'}');
+    }))
 }
 
 /// `POST /queue/{consumer}/ack` body.

@@ -173,7 +173,11 @@ impl Default for StoreOptions {
 
 /// Raw bytes one queue batch holds at most (at least one event): a batch ends early rather
 /// than build a huge answer, and the next read carries on.
-pub const QUEUE_BATCH_BYTES: usize = 16 * 1024 * 1024;
+pub const QUEUE_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Text the search indexer indexes in one transaction, at most (after the row that passes
+/// it): large events must not hold the write lock for seconds.
+pub(crate) const INDEX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Rows an export hands to its encoder at once, at most.
 pub(crate) const EXPORT_BATCH: usize = 512;

@@ -264,7 +264,7 @@ impl PgStore {
         filter: Filter,
         with_raw: bool,
     ) -> mpsc::Receiver<Result<Vec<ExportRow>, StoreError>> {
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(2);
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let run = async {
@@ -591,7 +591,14 @@ impl PgStore {
     }
 
     pub(super) async fn index_step(&self, max: i64) -> Result<i64, StoreError> {
-        Ok(index_batch(&self.pool, max).await?.map_or(0, |(n, _)| n))
+        let mut done = 0;
+        while done < max {
+            match index_batch(&self.pool, max - done).await? {
+                Some((n, _)) if n > 0 => done += n,
+                _ => break,
+            }
+        }
+        Ok(done)
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
@@ -1116,11 +1123,16 @@ async fn index_batch(pool: &PgPool, max: i64) -> Result<Option<(i64, i64)>, sqlx
     // commit), so every event up to the highest one read here is visible now.
     let (n, last): (i64, Option<i64>) = sqlx::query_as(
         "WITH batch AS (INSERT INTO events_search (seq, search, resources) \
-         SELECT seq, search, resources FROM events WHERE seq > $1 ORDER BY seq LIMIT $2 \
+         SELECT seq, search, resources FROM (SELECT seq, search, resources, \
+         sum(octet_length(search) + octet_length(resources)) OVER (ORDER BY seq) AS upto, \
+         octet_length(search) + octet_length(resources) AS own \
+         FROM (SELECT seq, search, resources FROM events WHERE seq > $1 ORDER BY seq LIMIT $2) w) b \
+         WHERE upto - own < $3 ORDER BY seq \
          RETURNING seq) SELECT count(*), max(seq) FROM batch",
     )
     .bind(from)
     .bind(max)
+    .bind(super::INDEX_BATCH_BYTES as i64)
     .fetch_one(&mut *tx)
     .await?;
     let last = last.unwrap_or(from);

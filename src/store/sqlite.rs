@@ -356,7 +356,7 @@ impl SqliteStore {
         filter: Filter,
         with_raw: bool,
     ) -> mpsc::Receiver<Result<Vec<ExportRow>, StoreError>> {
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(2);
         let path = self.path.clone();
         let permits = self.read_permits.clone();
         let handle = tokio::runtime::Handle::current();
@@ -702,7 +702,15 @@ impl SqliteStore {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || -> Result<i64, StoreError> {
             let mut conn = open_connection(&path)?;
-            Ok(index_batch(&mut conn, max)?.0)
+            let mut done = 0;
+            while done < max {
+                let (n, _) = index_batch(&mut conn, max - done)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            Ok(done)
         })
         .await
         .map_err(|e| StoreError::Other(format!("index task failed: {e}")))?
@@ -1061,16 +1069,23 @@ fn index_batch(conn: &mut Connection, max: i64) -> rusqlite::Result<(i64, i64)> 
             "INSERT INTO events_fts (rowid, search, resources) VALUES (?1, ?2, ?3)",
         )?;
         let mut rows = read.query(params![from, max])?;
+        let mut bytes = 0usize;
         while let Some(r) = rows.next()? {
             let seq: i64 = r.get(0)?;
+            let search: String = r.get(1)?;
             let resources: String = r.get(2)?;
             write.execute(params![
                 seq,
-                r.get::<_, String>(1)?,
+                search,
                 crate::event::strip_tags_lines(&resources).as_ref()
             ])?;
             last = seq;
             n += 1;
+            // Short transactions: the writer, queues and bookkeeping wait for this one.
+            bytes += search.len() + resources.len();
+            if bytes >= super::INDEX_BATCH_BYTES {
+                break;
+            }
         }
     }
     if n > 0 {

@@ -497,8 +497,8 @@ async fn a_queue_batch_of_large_events_is_capped_in_bytes() {
             seen.extend(items.iter().map(|i| i["_id"].as_str().unwrap().to_owned()));
         }
     }
-    // 16 MiB of ~900 KB events: 18 a batch.
-    assert_eq!(sizes, [18, 18, 4, 18, 18, 4]);
+    // 8 MiB of ~900 KB events: 9 a batch.
+    assert_eq!(sizes, [9, 9, 9, 9, 4, 9, 9, 9, 9, 4]);
     let want: Vec<String> = (0..40).map(|i| format!("q{i:02}")).collect();
     assert_eq!(seen[..40], want[..]);
     assert_eq!(seen[40..], want[..]);
