@@ -709,7 +709,7 @@ async fn explicit_acks_redeliver_what_was_not_acknowledged(db: &TestDb) {
         .map(|i| event(&entry(&format!("q{i:02}"), 100 + i)))
         .collect();
     store.insert_many(batch).await.unwrap();
-    let short = Some(Duration::from_millis(1000));
+    let short = Some(Duration::from_millis(2500));
     let a = store.queue_take_leased("c", 4, short).await.unwrap();
     let b = store.queue_take_leased("c", 4, short).await.unwrap();
     assert_eq!(ids(&a.rows), ["q01", "q02", "q03", "q04"]);
@@ -730,7 +730,7 @@ async fn explicit_acks_redeliver_what_was_not_acknowledged(db: &TestDb) {
         store.queue_ack("other", &tb).await.unwrap(),
         AckOutcome::Unknown
     );
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2800)).await;
     // B's lease ran out: its ack is refused, and its events come back first.
     assert_eq!(
         store.queue_ack("c", &tb).await.unwrap(),
@@ -769,7 +769,7 @@ async fn explicit_acks_redeliver_what_was_not_acknowledged(db: &TestDb) {
     store.insert_many(more).await.unwrap();
     let crashed = store.queue_take_leased("c", 2, short).await.unwrap();
     assert_eq!(ids(&crashed.rows), ["q11", "q12"]);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2800)).await;
     assert_eq!(
         ids(&store.queue_take("c", 3).await.unwrap()),
         ["q11", "q12", "q13"]
