@@ -1,43 +1,51 @@
-//! Render benchmark (issue 3): in-process renders per second of the framework's
-//! `datadog/default.json.hbs` over `contexts/fw-flag-toggle.json` (JSON-escaped, with the
-//! datadog preview form variables), template compiled once.
+//! Render benchmark: in-process renders per second of three framework templates over
+//! `contexts/fw-flag-toggle.json` (JSON-escaped, with each integration's preview form
+//! variables), each template compiled once: `datadog/default.json.hbs`,
+//! `splunk/template.json.hbs` and `elastic/template.json.hbs`.
 //!
 //! Run: `cargo bench --bench render`. With `HANDLEBARS_JS=DIR` (a directory holding
 //! `node_modules/handlebars`, e.g. after `npm install --prefix DIR handlebars@4.7.7`) it
-//! also runs handlebars.js on the same template and data with node, in the same run.
+//! also runs handlebars.js on the same templates and data with node, in the same run, and
+//! prints each template's ratio. `BENCH_SECONDS` sets the time per measurement (default 5).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use audithook::render::{self, Renderer};
 
-fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance");
-    if !dir.join("index.json").exists() {
-        eprintln!("SKIPPED: the conformance corpus ../shared/conformance is absent");
-        return;
-    }
-    let read = |p: &str| std::fs::read_to_string(dir.join(p)).expect("corpus file");
-    let source = read("templates/datadog/default.json.hbs");
-    let payload: serde_json::Value =
-        serde_json::from_str(&read("contexts/fw-flag-toggle.json")).expect("json");
-    let form: serde_json::Value =
-        serde_json::from_str(&read("formVariables/datadog.preview.json")).expect("json");
-    let expected = read("expected/datadog__default.json.hbs__fw-flag-toggle.out");
+/// (template, form variables, expected output) under the corpus directory.
+const CASES: &[(&str, &str, &str)] = &[
+    (
+        "templates/datadog/default.json.hbs",
+        "formVariables/datadog.preview.json",
+        "expected/datadog__default.json.hbs__fw-flag-toggle.out",
+    ),
+    (
+        "templates/splunk/template.json.hbs",
+        "formVariables/splunk.preview.json",
+        "expected/splunk__template.json.hbs__fw-flag-toggle.out",
+    ),
+    (
+        "templates/elastic/template.json.hbs",
+        "formVariables/elastic.preview.json",
+        "expected/elastic__template.json.hbs__fw-flag-toggle.out",
+    ),
+];
+const CONTEXT: &str = "contexts/fw-flag-toggle.json";
 
+fn audithook_rate(dir: &Path, case: &(&str, &str, &str), seconds: u64) -> f64 {
+    let read = |p: &str| std::fs::read_to_string(dir.join(p)).expect("corpus file");
+    let payload: serde_json::Value = serde_json::from_str(&read(CONTEXT)).expect("json");
+    let form: serde_json::Value = serde_json::from_str(&read(case.1)).expect("json");
     let renderer = Renderer::default();
-    let compiled = renderer.compile(&source).expect("compiles");
+    let compiled = renderer.compile(&read(case.0)).expect("compiles");
     let data = render::body_data(&payload, &form, true);
     assert_eq!(
         renderer.render(&compiled, &data).expect("renders"),
-        expected
+        read(case.2),
+        "{}",
+        case.0
     );
-
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    // Warm up, then count renders for the measured period.
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_millis(500) {
         std::hint::black_box(renderer.render(&compiled, &data).expect("renders"));
@@ -50,16 +58,18 @@ fn main() {
         }
         n += 100;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    println!("render benchmark: datadog/default.json.hbs over fw-flag-toggle.json, compiled once, {seconds} s");
-    println!(
-        "audithook (handlebars crate + LD semantics): {rate:>10.0} renders/s  ({:.2} us/render)",
-        1e6 / rate
-    );
+    n as f64 / start.elapsed().as_secs_f64()
+}
 
-    if let Ok(hbjs) = std::env::var("HANDLEBARS_JS") {
-        let script = format!(
-            r#"const H=require('handlebars');const fs=require('fs');
+fn handlebars_js_rate(
+    hbjs: &str,
+    dir: &Path,
+    case: &(&str, &str, &str),
+    seconds: u64,
+) -> Option<f64> {
+    let path = |p: &str| dir.join(p).display().to_string();
+    let script = format!(
+        r#"const H=require('handlebars');const fs=require('fs');
 const esc=v=>typeof v==='string'?JSON.stringify(v).slice(1,-1):Array.isArray(v)?v.map(esc):(v&&typeof v==='object')?Object.fromEntries(Object.entries(v).map(([k,x])=>[k,esc(x)])):v;
 H.registerHelper('equal',function(a,b,o){{return a===b?o.fn(this):o.inverse(this)}});
 const t=H.compile(fs.readFileSync({src:?},'utf8'),{{strict:true}});
@@ -69,42 +79,59 @@ let s=Date.now();while(Date.now()-s<500)t(ctx);
 let n=0;s=process.hrtime.bigint();const end=s+BigInt({seconds})*1000000000n;
 while(process.hrtime.bigint()<end){{for(let i=0;i<100;i++)t(ctx);n+=100}}
 console.log(n/Number(process.hrtime.bigint()-s)*1e9);"#,
-            src = dir
-                .join("templates/datadog/default.json.hbs")
-                .display()
-                .to_string(),
-            ctx = dir
-                .join("contexts/fw-flag-toggle.json")
-                .display()
-                .to_string(),
-            fv = dir
-                .join("formVariables/datadog.preview.json")
-                .display()
-                .to_string(),
-            exp = dir
-                .join("expected/datadog__default.json.hbs__fw-flag-toggle.out")
-                .display()
-                .to_string(),
-        );
-        let out = std::process::Command::new("node")
-            .arg("-e")
-            .arg(script)
-            .env("NODE_PATH", PathBuf::from(&hbjs).join("node_modules"))
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                let js: f64 = String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse()
-                    .unwrap_or(0.0);
-                println!("handlebars.js (node, strict):               {js:>10.0} renders/s  ({:.2} us/render)", 1e6 / js);
-                println!("ratio audithook / handlebars.js: {:.2}", rate / js);
-            }
-            Ok(o) => eprintln!(
+        src = path(case.0),
+        ctx = path(CONTEXT),
+        fv = path(case.1),
+        exp = path(case.2),
+    );
+    let out = std::process::Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .env("NODE_PATH", PathBuf::from(hbjs).join("node_modules"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().parse().ok(),
+        Ok(o) => {
+            eprintln!(
                 "handlebars.js run failed: {}",
                 String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("cannot run node: {e}");
+            None
+        }
+    }
+}
+
+fn main() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance");
+    if !dir.join("index.json").exists() {
+        eprintln!("SKIPPED: the conformance corpus ../shared/conformance is absent");
+        return;
+    }
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let hbjs = std::env::var("HANDLEBARS_JS").ok();
+    println!("render benchmark over {CONTEXT}, each template compiled once, {seconds} s each");
+    println!("| template | audithook renders/s | us/render | handlebars.js renders/s | ratio |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for case in CASES {
+        let ours = audithook_rate(&dir, case, seconds);
+        let theirs = hbjs
+            .as_deref()
+            .and_then(|h| handlebars_js_rate(h, &dir, case, seconds));
+        let name = case.0.trim_start_matches("templates/");
+        match theirs {
+            Some(js) => println!(
+                "| {name} | {ours:.0} | {:.2} | {js:.0} | **{:.2}** |",
+                1e6 / ours,
+                ours / js
             ),
-            Err(e) => eprintln!("cannot run node: {e}"),
+            None => println!("| {name} | {ours:.0} | {:.2} | (not run) | |", 1e6 / ours),
         }
     }
 }

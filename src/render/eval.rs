@@ -356,7 +356,7 @@ pub fn render_within(
         contexts: vec![Js::Val(data)],
         data: Vec::new(),
         block_params: Vec::new(),
-        out: String::with_capacity(1024),
+        out: String::with_capacity(4096),
         max_output,
         tz,
     };
@@ -473,7 +473,13 @@ fn strict_step<'a>(cur: &Js<'a>, seg: &str, raw: &str) -> R<Js<'a>> {
 #[inline]
 fn get<'v>(m: &'v serde_json::Map<String, Value>, key: &str) -> Option<&'v Value> {
     if m.len() <= 32 {
-        m.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+        // Length and first byte rule out most keys without a call to memcmp.
+        let (len, first) = (key.len(), key.as_bytes().first().copied());
+        m.iter()
+            .find(|(k, _)| {
+                k.len() == len && k.as_bytes().first().copied() == first && k.as_str() == key
+            })
+            .map(|(_, v)| v)
     } else {
         m.get(key)
     }
@@ -497,12 +503,18 @@ impl<'a> State<'a> {
     }
 
     /// Counts a step; every [`CHECK_EVERY`] steps, checks the budget.
-    #[inline]
+    #[inline(always)]
     fn tick(&mut self) -> R<()> {
         self.steps = self.steps.wrapping_add(1);
         if self.steps % CHECK_EVERY != 0 {
             return Ok(());
         }
+        self.check_budget()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn check_budget(&self) -> R<()> {
         if let Some(cancel) = &self.budget.cancel {
             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 return fail(
@@ -544,7 +556,43 @@ impl<'a> State<'a> {
     }
 
     /// Resolves a path; `strict` for `{{path}}` (the last step must exist).
+    #[inline]
     fn resolve(&self, p: &PathExpr, strict: bool) -> R<Js<'a>> {
+        // The common case: a plain path from the current context through objects whose
+        // keys are all there. Anything else takes the general path from the start.
+        if !p.data && p.depth == 0 {
+            if let Some(Js::Val(mut v)) = self.contexts.last() {
+                let shadowed = !self.block_params.is_empty()
+                    && p.segs
+                        .first()
+                        .is_some_and(|f| self.block_params.iter().any(|(n, _)| n == f));
+                if !shadowed {
+                    let mut found = true;
+                    for seg in &p.segs {
+                        match v {
+                            Value::Object(m) => match get(m, seg) {
+                                Some(x) => v = x,
+                                None => {
+                                    found = false;
+                                    break;
+                                }
+                            },
+                            _ => {
+                                found = false;
+                                break;
+                            }
+                        }
+                    }
+                    if found {
+                        return Ok(Js::Val(v));
+                    }
+                }
+            }
+        }
+        self.resolve_general(p, strict)
+    }
+
+    fn resolve_general(&self, p: &PathExpr, strict: bool) -> R<Js<'a>> {
         let mut segs = p.segs.iter();
         let mut cur = if p.data {
             let Some(name) = segs.next() else {
@@ -849,7 +897,25 @@ impl<'a> State<'a> {
     }
 }
 
+/// Bytes `{{x}}` escapes.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'&' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'"' as usize] = true;
+    t[b'\'' as usize] = true;
+    t[b'`' as usize] = true;
+    t[b'=' as usize] = true;
+    t
+};
+
 fn escape_into(out: &mut String, s: &str) {
+    // Most values hold nothing to escape: copy them whole.
+    if !s.bytes().any(|b| NEEDS_ESCAPE[b as usize]) {
+        out.push_str(s);
+        return;
+    }
     let mut last = 0;
     for (i, b) in s.bytes().enumerate() {
         let rep = match b {

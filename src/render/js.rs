@@ -151,6 +151,13 @@ fn string_to_number(s: &str) -> f64 {
 
 /// JavaScript `Number#toString()` (shortest round-trip digits, JS exponent rules).
 pub fn number_to_string(f: f64) -> String {
+    // Integers that f64 holds exactly print as their digits in JavaScript.
+    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+        if f == 0.0 {
+            return "0".into();
+        }
+        return (f as i64).to_string();
+    }
     if f.is_nan() {
         return "NaN".into();
     }
