@@ -1,12 +1,17 @@
-//! Backfill benchmark (issue 4), against the fake LaunchDarkly API with 100 ms latency per
-//! request, in one run:
-//! (a) 62,000 entries, no rate limit, `audithook backfill`'s method (concurrent windows);
-//! (c) the same data with the seed script's sequential page-after-page method
-//!     (`before` = date of the last item, one request at a time);
+//! Backfill benchmark, against the fake LaunchDarkly API, in one run:
+//! (g) a grid of organisation sizes and API latencies: the whole `audithook backfill`
+//!     command (process start, store creation, the fetch) against the seed script's
+//!     sequential page-after-page method on the same data, under a route budget of 1,000
+//!     requests per second (rate-limit headers as LaunchDarkly sends them), counting 429s.
+//!     By default a subset that runs in a few minutes; `BENCH_GRID=full` runs every size
+//!     (2,000, 6,000, 20,000, 100,000 entries) at every latency (20, 50, 100, 200 ms).
 //! (b) 6,000 entries under a route budget of 50 requests per 10 s (300 pages: a floor of
 //!     about 60 s), counting 429s.
+//! (a) and (c), with `BENCH_BIG=1`: 62,000 entries at 100 ms, in process, against the
+//!     sequential method (~6 min).
 //!
-//! Run: `cargo bench --bench backfill` (`BENCH_SKIP_SEQUENTIAL=1` skips (c), ~5 min).
+//! Run: `cargo build --release && cargo bench --bench backfill` (the grid runs the release
+//! binary `target/release/audithook`).
 
 #[path = "../tests/support/fake_ld.rs"]
 mod fake_ld;
@@ -75,14 +80,122 @@ async fn sequential(fake: &FakeLd, store: &Store) -> u64 {
     }
 }
 
+/// One grid cell: `n` entries, `latency` per request; returns (audithook s, sequential s,
+/// audithook requests, 429s).
+async fn grid_cell(bin: &std::path::Path, n: usize, latency: Duration) -> (f64, f64, u64, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A month of history ending now-ish, with a burst of 30 in one millisecond.
+    let month = 30 * 24 * 3600 * 1000i64;
+    let data = entries(n, START, month / n as i64, &[(n / 3, 30)]);
+    let budget = Some((10_000, Duration::from_secs(10)));
+    let fake = FakeLd::start(
+        &data,
+        FakeConfig {
+            latency,
+            budget,
+            ..FakeConfig::default()
+        },
+    )
+    .await;
+    let db = dir.path().join("grid.db");
+    let t = Instant::now();
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("backfill")
+        .env(
+            "AUDITHOOK_DATABASE_URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .env("LD_API_TOKEN", fake.token())
+        .env("LD_BASE_URL", &fake.base)
+        .env(
+            "RUST_LOG",
+            if std::env::var("BENCH_VERBOSE").is_ok() {
+                "info"
+            } else {
+                "warn"
+            },
+        );
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run audithook backfill");
+    let ours = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if std::env::var("BENCH_VERBOSE").is_ok() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(count(&db), n as i64, "the backfill must store every entry");
+    let requests = fake.stats().requests.load(Ordering::SeqCst);
+    let limited = fake.stats().rate_limited.load(Ordering::SeqCst);
+    let (store, _) = store_in(&dir, "seq.db").await;
+    let t = Instant::now();
+    sequential(&fake, &store).await;
+    let theirs = t.elapsed().as_secs_f64();
+    store.close().await;
+    fake.stop();
+    (ours, theirs, requests, limited)
+}
+
+async fn grid() {
+    let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/audithook");
+    if !bin.exists() {
+        eprintln!(
+            "SKIPPED the grid: build {} first (cargo build --release)",
+            bin.display()
+        );
+        return;
+    }
+    let full = std::env::var("BENCH_GRID").is_ok_and(|v| v == "full");
+    let cells: Vec<(usize, u64)> = if full {
+        [2_000, 6_000, 20_000, 100_000]
+            .iter()
+            .flat_map(|n| [20, 50, 100, 200].map(|l| (*n, l)))
+            .collect()
+    } else if let Ok(list) = std::env::var("BENCH_CELLS") {
+        // `N:MS,N:MS`: chosen cells.
+        list.split(',')
+            .filter_map(|c| c.split_once(':'))
+            .filter_map(|(n, l)| Some((n.parse().ok()?, l.parse().ok()?)))
+            .collect()
+    } else {
+        vec![
+            (2_000, 20),
+            (2_000, 200),
+            (6_000, 50),
+            (20_000, 20),
+            (20_000, 100),
+        ]
+    };
+    println!("(g) whole `audithook backfill` command vs the sequential method, same data, route budget 1,000 req/s");
+    println!("| entries | latency | audithook | sequential | speed-up | requests | 429s |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (n, ms) in cells {
+        let (ours, theirs, requests, limited) = grid_cell(&bin, n, Duration::from_millis(ms)).await;
+        println!(
+            "| {n} | {ms} ms | {ours:.2} s | {theirs:.2} s | **{:.1}x** | {requests} | {limited} ({:.2}%) |",
+            theirs / ours,
+            100.0 * limited as f64 / requests.max(1) as f64
+        );
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
+        grid().await;
+        if std::env::var("BENCH_CELLS").is_ok() {
+            return;
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let latency = Duration::from_millis(100);
+        if std::env::var("BENCH_BIG").is_ok() {
 
         // (a) 62,000 entries, no rate limit, bursts included.
         let data = entries(62_000, START, 40_000, &[(1000, 35), (30_000, 50)]);
@@ -113,6 +226,7 @@ fn main() {
         fake.stop();
         if let Some(c) = c_secs {
             println!("speed-up (c)/(a): {:.1}x", c / a_secs);
+        }
         }
 
         // (b) 6,000 entries under 50 requests per 10 s.

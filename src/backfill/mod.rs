@@ -30,7 +30,11 @@ use crate::store::{BackfillWindow, Inserted, Store, StoreError};
 const MIN_SPLIT_MS: i64 = 2;
 /// Fewest entries expected in a window's remainder for a split to pay (each split costs
 /// about one page of overlap).
-const MIN_SPLIT_ENTRIES: f64 = 10.0 * PAGE_LIMIT as f64;
+const MIN_SPLIT_ENTRIES: f64 = 3.0 * PAGE_LIMIT as f64;
+/// Pages' worth of time the first window keeps after the opening fan-out; the windows
+/// below it double in span, so recent (dense) history is cut finely and old (often empty)
+/// history coarsely.
+const FAN_OUT_FIRST_PAGES: f64 = 2.0;
 
 /// What to fetch and how.
 #[derive(Debug, Clone)]
@@ -364,6 +368,56 @@ impl Job {
         Ok(true)
     }
 
+    /// After the job's very first page (entries `o..=n`, more to come), cuts the rest of
+    /// that window into one window per worker at once instead of waiting for splits: the
+    /// running window keeps about [`FAN_OUT_FIRST_PAGES`] pages' worth of time below `o`,
+    /// and each window below spans twice the one above, down to the window's lower bound.
+    /// A small organisation's history is then fetched with every worker from the second
+    /// round of requests; old, empty ranges cost one request each.
+    async fn fan_out(&self, active: &Active, o: i64, n: i64) -> Result<(), BackfillError> {
+        let workers = self.opts.concurrency.max(1);
+        if workers < 2 {
+            return Ok(());
+        }
+        let page_span = ((n - o).max(1) as f64).max(1.0);
+        let _persist = self.persist.lock().await;
+        let floor = active.after.load(Ordering::SeqCst);
+        let mut upper = o - (page_span * FAN_OUT_FIRST_PAGES) as i64;
+        if upper <= floor + MIN_SPLIT_MS {
+            return Ok(());
+        }
+        // The running window now ends at `upper` (dates >= upper stay with it).
+        active.after.store(upper - 1, Ordering::SeqCst);
+        let mut span = page_span * FAN_OUT_FIRST_PAGES * 2.0;
+        let mut made = Vec::new();
+        for i in 0..workers - 1 {
+            let last = i == workers - 2;
+            let lower = if last {
+                floor
+            } else {
+                (upper as f64 - span).max(floor as f64) as i64
+            };
+            made.push(BackfillWindow {
+                idx: self.next_idx.fetch_add(1, Ordering::SeqCst),
+                after: lower,
+                before: upper,
+                next_href: None,
+                done: false,
+            });
+            if lower <= floor {
+                break;
+            }
+            upper = lower + 1;
+            span *= 2.0;
+        }
+        for w in &made {
+            self.save(w).await?;
+        }
+        lock(&self.queue).extend(made);
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
     async fn save(&self, w: &BackfillWindow) -> Result<(), BackfillError> {
         if let Some(job) = self.job_id {
             self.store.backfill_save_window(job, w.clone()).await?;
@@ -448,13 +502,19 @@ impl Job {
                 break Ok(());
             }
             let page = self.client.get_page(&url).await?;
-            self.first_page_ok.store(true, Ordering::SeqCst);
+            let opening = !self.first_page_ok.swap(true, Ordering::SeqCst);
             let range = self.store_page(&page.items).await?;
             let oldest = range.map(|(o, _)| o);
             if let Some((o, n)) = range {
                 let d = page.items.len().saturating_sub(1).max(1) as f64 / (n - o).max(1) as f64;
                 active.density.store(d.to_bits(), Ordering::Relaxed);
                 self.last_density.store(d.to_bits(), Ordering::Relaxed);
+            }
+            if opening && page.next.is_some() || opening && page.items.len() >= PAGE_LIMIT as usize
+            {
+                if let Some((o, n)) = range {
+                    self.fan_out(&active, o, n).await?;
+                }
             }
             let bound = active.after.load(Ordering::SeqCst);
             if let Some(o) = oldest {

@@ -71,8 +71,13 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
     readers: Arc<Mutex<Vec<Connection>>>,
-    /// A connection for small bookkeeping writes (settings, backfill progress).
+    /// A connection for small bookkeeping writes (settings, queue positions, leases).
     side: Arc<Mutex<Option<Connection>>>,
+    /// A connection for backfill progress, committed without waiting for the disk
+    /// (`synchronous=NORMAL`): a commit survives a killed process, and after a power loss
+    /// the progress may only be older than the events, which a rerun fetches again and
+    /// deduplicates. Saving progress after every page then costs no fsync.
+    progress: Arc<Mutex<Option<Connection>>>,
     /// Stops the search indexer.
     indexer_stop: Arc<AtomicBool>,
     /// Candidates of the first pass of a text search.
@@ -195,6 +200,7 @@ impl SqliteStore {
             writer,
             readers: Arc::new(Mutex::new(Vec::new())),
             side: Arc::new(Mutex::new(None)),
+            progress: Arc::new(Mutex::new(None)),
             indexer_stop,
             newest_candidates: options.newest_candidates,
             read_permits: Arc::new(tokio::sync::Semaphore::new(
@@ -318,12 +324,38 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let side = self.side.clone();
+        self.on(self.side.clone(), false, f).await
+    }
+
+    /// Runs `f` on the backfill-progress connection in the blocking pool.
+    async fn progress<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.on(self.progress.clone(), true, f).await
+    }
+
+    async fn on<T, F>(
+        &self,
+        slot: Arc<Mutex<Option<Connection>>>,
+        relaxed: bool,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let side = slot;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = side.lock().unwrap_or_else(|p| p.into_inner());
             if guard.is_none() {
-                *guard = Some(open_connection(&path)?);
+                let conn = open_connection(&path)?;
+                if relaxed {
+                    conn.pragma_update(None, "synchronous", "NORMAL")?;
+                }
+                *guard = Some(conn);
             }
             match guard.as_mut() {
                 Some(conn) => Ok(f(conn)?),
@@ -613,7 +645,7 @@ impl SqliteStore {
         before: Option<i64>,
         spec: Option<String>,
     ) -> Result<Option<BackfillJob>, StoreError> {
-        self.side(move |conn| {
+        self.progress(move |conn| {
             let id: Option<i64> = conn
                 .query_row(
                     "SELECT id FROM backfill_jobs WHERE finished_at IS NULL AND requested_after IS ?1 \
@@ -648,7 +680,7 @@ impl SqliteStore {
         before: Option<i64>,
         spec: Option<String>,
     ) -> Result<i64, StoreError> {
-        self.side(move |conn| {
+        self.progress(move |conn| {
             conn.execute(
                 "INSERT INTO backfill_jobs (requested_after, requested_before, spec, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![after, before, spec, now_ms()],
@@ -663,7 +695,7 @@ impl SqliteStore {
         job: i64,
         w: BackfillWindow,
     ) -> Result<(), StoreError> {
-        self.side(move |conn| {
+        self.progress(move |conn| {
             conn.execute(
                 "INSERT INTO backfill_windows (job_id, idx, after_ms, before_ms, next_href, done) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id, idx) DO UPDATE SET \
@@ -677,7 +709,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn backfill_finish(&self, job: i64) -> Result<(), StoreError> {
-        self.side(move |conn| {
+        self.progress(move |conn| {
             conn.execute(
                 "UPDATE backfill_jobs SET finished_at = ?2 WHERE id = ?1",
                 params![job, now_ms()],
@@ -731,6 +763,9 @@ impl SqliteStore {
             p.clear();
         }
         if let Ok(mut s) = self.side.lock() {
+            s.take();
+        }
+        if let Ok(mut s) = self.progress.lock() {
             s.take();
         }
         self.indexer_stop.store(true, Ordering::SeqCst);
