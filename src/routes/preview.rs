@@ -124,19 +124,26 @@ async fn create_preview(
             ))
         }
     };
-    if let Some(name) = &input.name {
-        if input.template.is_none() && !state.renderer.has(name) {
+    /// The template to render: a source of the request's, or a kept template by name.
+    enum Chosen {
+        Inline(String),
+        Named(String),
+    }
+    let chosen = match (input.template, input.name) {
+        (Some(source), None) => Chosen::Inline(source),
+        (None, Some(name)) if state.renderer.has(&name) => Chosen::Named(name),
+        (None, Some(name)) => {
             return Err(ApiError::bad_request(format!(
                 "no template named {name:?}; known: {}",
                 state.renderer.names().join(", ")
-            )));
+            )))
         }
-    }
-    if input.template.is_some() == input.name.is_some() {
-        return Err(ApiError::bad_request(
-            "give exactly one of `template` (source) and `name`",
-        ));
-    }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `template` (source) and `name`",
+            ))
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(stop.clone());
     let budget = render::Budget {
@@ -148,26 +155,20 @@ async fn create_preview(
     let renderer = state.renderer.clone();
     let running = state.metrics.renders_running.clone();
     running.inc();
-    let (template, name, filename, endpoint, oauth) = (
-        input.template,
-        input.name,
-        input.filename,
-        input.endpoint,
-        input.oauth,
-    );
+    let (filename, endpoint, oauth) = (input.filename, input.endpoint, input.oauth);
     std::thread::Builder::new()
         .name("audithook-preview".into())
         .stack_size(RENDER_STACK)
         .spawn(move || {
             let out = (|| {
                 let inline;
-                let (compiled, json_escape) = match (&template, &name) {
-                    (Some(source), _) => {
+                let (compiled, json_escape) = match &chosen {
+                    Chosen::Inline(source) => {
                         inline = renderer.compile(source)?;
                         let escape = filename.as_deref().is_some_and(render::json_escape_wanted);
                         (&inline, escape)
                     }
-                    (None, Some(name)) => {
+                    Chosen::Named(name) => {
                         let c = renderer.get(name).ok_or_else(|| RenderFailure {
                             stage: "render",
                             message: format!("no template named {name:?}"),
@@ -176,7 +177,6 @@ async fn create_preview(
                         })?;
                         (c, c.json_escape)
                     }
-                    (None, None) => unreachable!("checked above"),
                 };
                 let data = if endpoint {
                     render::endpoint_data(&form_variables, &oauth.unwrap_or(Value::Null), &payload)

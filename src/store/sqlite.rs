@@ -427,19 +427,13 @@ impl SqliteStore {
                     };
                     bytes += row.size();
                     batch.push(row);
-                    if (batch.len() == EXPORT_BATCH || bytes >= EXPORT_BATCH_BYTES)
-                        && tx
-                            .blocking_send(Ok(std::mem::replace(
-                                &mut batch,
-                                Vec::with_capacity(EXPORT_BATCH),
-                            )))
-                            .is_err()
-                    {
-                        // The reader went away (client disconnected): stop the query.
-                        return Ok(());
-                    }
-                    if batch.is_empty() {
+                    if batch.len() == EXPORT_BATCH || bytes >= EXPORT_BATCH_BYTES {
                         bytes = 0;
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH));
+                        if tx.blocking_send(Ok(full)).is_err() {
+                            // The reader went away (client disconnected): stop the query.
+                            return Ok(());
+                        }
                     }
                 }
                 if !batch.is_empty() {

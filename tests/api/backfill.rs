@@ -64,12 +64,12 @@ async fn backfill_fresh(
     data: &[Value],
     cfg: FakeConfig,
     opts: Options,
-) -> (backfill::Summary, TestDb, (), FakeLd) {
+) -> (backfill::Summary, TestDb, FakeLd) {
     let fake = FakeLd::start(data, cfg).await;
     let (store, db) = open_store().await;
     let summary = backfill::run(&store, &client(&fake), opts).await.unwrap();
     store.close().await;
-    (summary, db, (), fake)
+    (summary, db, fake)
 }
 
 #[tokio::test]
@@ -79,7 +79,7 @@ async fn backfills_every_entry_once_with_a_burst_of_35_in_one_millisecond() {
         concurrency: 8,
         ..Options::default()
     };
-    let (summary, db, _dir, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
+    let (summary, db, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
     assert_exact(&db, &data);
     assert_eq!(summary.new, 1000);
     assert_eq!(summary.invalid, 0);
@@ -104,7 +104,7 @@ async fn exact_under_500s_503s_dropped_connections_and_rate_limits() {
         concurrency: 6,
         ..Options::default()
     };
-    let (summary, db, _dir, fake) = backfill_fresh(&data, cfg, opts).await;
+    let (summary, db, fake) = backfill_fresh(&data, cfg, opts).await;
     assert_exact(&db, &data);
     assert!(summary.retries > 0, "{summary}");
     assert!(
@@ -127,7 +127,7 @@ async fn pages_by_before_when_the_api_gives_no_next_links() {
         concurrency: 4,
         ..Options::default()
     };
-    let (summary, db, _dir, _fake) = backfill_fresh(&data, cfg, opts).await;
+    let (summary, db, _fake) = backfill_fresh(&data, cfg, opts).await;
     assert_exact(&db, &data);
     assert_eq!(summary.truncated_bursts, 0);
 }
@@ -144,7 +144,7 @@ async fn a_burst_larger_than_a_page_without_next_links_is_reported() {
         concurrency: 1,
         ..Options::default()
     };
-    let (summary, db, _dir, _fake) = backfill_fresh(&data, cfg, opts).await;
+    let (summary, db, _fake) = backfill_fresh(&data, cfg, opts).await;
     assert_eq!(summary.truncated_bursts, 1, "{summary}");
     // Every entry outside the burst, and the 20 of the burst's 25 that one page holds (the
     // highest ids, as LaunchDarkly orders a millisecond): 55 exactly.
@@ -177,7 +177,7 @@ async fn bounds_are_exclusive() {
         concurrency: 3,
         ..Options::default()
     };
-    let (_, db, _dir, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
+    let (_, db, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
     let want: Vec<Value> = data
         .iter()
         .filter(|e| e["date"].as_i64().unwrap() > after && e["date"].as_i64().unwrap() < before)
@@ -246,7 +246,7 @@ async fn a_policy_keeps_what_the_hook_would_have_delivered() {
         policy: Some(policy),
         ..Options::default()
     };
-    let (summary, db, _dir, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
+    let (summary, db, _fake) = backfill_fresh(&data, FakeConfig::default(), opts).await;
     assert_exact(&db, &want);
     // Overlapping windows may see an entry twice, so the count of filtered sightings is a floor.
     assert!(summary.filtered as usize >= 200 - want.len(), "{summary}");

@@ -111,15 +111,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     .await
     .unwrap();
     assert!(statuses.iter().all(|s| s.contains(" 405 ")), "{statuses:?}");
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(!text.contains("FUZZ"), "a made-up method became a label");
     let series = text
         .lines()

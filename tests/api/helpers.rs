@@ -273,23 +273,15 @@ pub fn exec_sql(url: &str, sql: &str) -> u64 {
         }
         None => {
             let (url, sql) = (url.to_owned(), sql.to_owned());
-            std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
+            on_own_runtime(async move {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query(&sql)
+                    .execute(&mut conn)
+                    .await
                     .unwrap()
-                    .block_on(async move {
-                        use sqlx::Connection;
-                        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-                        sqlx::query(&sql)
-                            .execute(&mut conn)
-                            .await
-                            .unwrap()
-                            .rows_affected()
-                    })
+                    .rows_affected()
             })
-            .join()
-            .unwrap()
         }
     }
 }
@@ -483,24 +475,32 @@ impl TestDb {
     }
 }
 
-/// Runs a one-column text query on Postgres from sync code (its own thread and runtime).
-fn pg_query(url: &str, sql: &str, arg: Option<&str>) -> Vec<String> {
-    let (url, sql, arg) = (url.to_owned(), sql.to_owned(), arg.map(str::to_owned));
+/// Runs `fut` to completion on a thread and runtime of its own, so sync test code can call
+/// async database clients whether or not a runtime is already running on this thread.
+fn on_own_runtime<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(async move {
-                use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-                let mut q = sqlx::query_scalar::<_, String>(&sql);
-                if let Some(a) = &arg {
-                    q = q.bind(a);
-                }
-                q.fetch_all(&mut conn).await.unwrap()
-            })
+            .block_on(fut)
     })
     .join()
     .unwrap()
+}
+
+/// Runs a one-column text query on Postgres from sync code.
+fn pg_query(url: &str, sql: &str, arg: Option<&str>) -> Vec<String> {
+    let (url, sql, arg) = (url.to_owned(), sql.to_owned(), arg.map(str::to_owned));
+    on_own_runtime(async move {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        if let Some(a) = &arg {
+            q = q.bind(a);
+        }
+        q.fetch_all(&mut conn).await.unwrap()
+    })
 }

@@ -267,7 +267,12 @@ fn brute_force(e: &Value, f: &Filter) -> bool {
     true
 }
 
-async fn store_answers(store: &Store, f: &Filter, page: usize) -> [BTreeSet<String>; 3] {
+/// The store's answers to `f`: the listing paged to its end, `count`, and the export.
+async fn store_answers(
+    store: &Store,
+    f: &Filter,
+    page: usize,
+) -> (BTreeSet<String>, u64, BTreeSet<String>) {
     let mut listed = BTreeSet::new();
     let mut cursor: Option<Cursor> = None;
     loop {
@@ -301,8 +306,7 @@ async fn store_answers(store: &Store, f: &Filter, page: usize) -> [BTreeSet<Stri
     while let Some(batch) = rx.recv().await {
         exported.extend(batch.unwrap().into_iter().map(|r| r.id));
     }
-    let counted: BTreeSet<String> = (0..count).map(|i| format!("#{i}")).collect();
-    [listed, counted, exported]
+    (listed, count, exported)
 }
 
 pub(crate) async fn every_filter_matches_a_brute_force_scan(db: &TestDb) {
@@ -343,9 +347,9 @@ pub(crate) async fn every_filter_matches_a_brute_force_scan(db: &TestDb) {
                 .collect();
             hits += expected.len();
             let page = 1 + i % 9;
-            let [listed, counted, exported] = store_answers(&store, f, page).await;
+            let (listed, count, exported) = store_answers(&store, f, page).await;
             assert_eq!(listed, expected, "{phase}: listing for {f:?}");
-            assert_eq!(counted.len(), expected.len(), "{phase}: count for {f:?}");
+            assert_eq!(count, expected.len() as u64, "{phase}: count for {f:?}");
             assert_eq!(exported, expected, "{phase}: export for {f:?}");
         }
     }

@@ -369,15 +369,7 @@ async fn health_and_metrics() {
     app.post_event(hook_payload("m-1", 1).to_string()).await;
     app.post_event("[]").await;
     app.hook().body("{}").send().await.unwrap();
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for line in [
         "audithook_events_received_total 3",
         "audithook_events_stored_total 1",
