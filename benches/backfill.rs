@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use audithook::backfill::{self, client::LdClient, Options};
-use audithook::event::{normalise, Source};
+use audithook::event::{normalise, Channel};
 use audithook::metrics::Metrics;
 use audithook::store::Store;
 use fake_ld::{entries, FakeConfig, FakeLd};
@@ -73,7 +73,7 @@ async fn sequential(fake: &FakeLd, store: &Store) -> u64 {
         }
         let events: Vec<_> = items
             .iter()
-            .filter_map(|i| normalise(i.to_string().as_bytes(), Source::Rest).ok())
+            .filter_map(|i| normalise(i.to_string().as_bytes(), Channel::Rest).ok())
             .collect();
         before = events.iter().map(|e| e.date).min().unwrap_or(0);
         store.insert_many(events).await.expect("insert");

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use audithook::event::{normalise, Source};
+use audithook::event::{normalise, Channel};
 use audithook::metrics::Metrics;
 use audithook::store::Store;
 use futures_util::StreamExt;
@@ -79,7 +79,7 @@ fn main() {
         let mut i = 0;
         while i < n {
             let batch: Vec<_> = (i..(i + 10_000).min(n))
-                .map(|k| normalise(event(k).as_bytes(), Source::Rest).expect("valid"))
+                .map(|k| normalise(event(k).as_bytes(), Channel::Rest).expect("valid"))
                 .collect();
             store.insert_many(batch).await.expect("insert");
             i += 10_000;

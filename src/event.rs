@@ -23,22 +23,57 @@ fn depth(v: &Value) -> usize {
 /// Latest event time accepted: 9999-12-31T23:59:59.999Z, the last one RFC 3339 can write.
 pub const MAX_DATE_MS: i64 = 253_402_300_799_999;
 
-/// Where an event came from.
+/// How an event arrived (a secondary attribute: identity is `(source, id)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum Channel {
     /// Delivered to `POST /hooks/launchdarkly`.
     Hook,
-    /// Pulled from LaunchDarkly's REST API.
+    /// Pulled from a vendor's REST API (LaunchDarkly, Terraform Cloud, Carbon Black Cloud).
     Rest,
 }
 
-impl Source {
+impl Channel {
     /// The name kept in the store.
     pub fn as_str(self) -> &'static str {
         match self {
-            Source::Hook => "hook",
-            Source::Rest => "rest",
+            Channel::Hook => "hook",
+            Channel::Rest => "rest",
         }
+    }
+}
+
+/// The system an event's audit log belongs to: with the event's `id`, its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    LaunchDarkly,
+    /// Terraform Cloud (HCP Terraform) audit trails.
+    Tfc,
+    /// Carbon Black Cloud audit logs.
+    Cbc,
+}
+
+impl Source {
+    /// Every source, in the order their names sort.
+    pub const ALL: [Source; 3] = [Source::Cbc, Source::LaunchDarkly, Source::Tfc];
+
+    /// The name kept in the store and used in the API (`launchdarkly`, `tfc`, `cbc`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::LaunchDarkly => "launchdarkly",
+            Source::Tfc => "tfc",
+            Source::Cbc => "cbc",
+        }
+    }
+
+    /// The source named `name`, if any.
+    pub fn parse(name: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -71,7 +106,18 @@ pub struct NewEvent {
     pub search: String,
     /// The body exactly as received.
     pub raw: String,
+    /// Whose audit log it belongs to.
     pub source: Source,
+    /// How it arrived.
+    pub channel: Channel,
+    /// The common envelope: who did it (email, name or id).
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// To what.
+    pub resource: String,
+    /// One human line.
+    pub summary: String,
 }
 
 /// Why a body is not an acceptable event. Each maps to a `400`.
@@ -154,7 +200,7 @@ struct Target {
 ///
 /// The whole body is parsed as every reader parses it (JSON nested at most 128 deep, no
 /// lone surrogate escapes), so whatever is accepted here reads back whole on every path.
-pub fn normalise(body: &[u8], source: Source) -> Result<NewEvent, EventError> {
+pub fn normalise(body: &[u8], channel: Channel) -> Result<NewEvent, EventError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| classify(body, e))?;
     if !value.is_object() {
         return Err(EventError::NotObject(match value {
@@ -214,6 +260,18 @@ pub fn normalise(body: &[u8], source: Source) -> Result<NewEvent, EventError> {
         Some(t) => (t.id, t.name),
         None => (None, None),
     };
+    // Who did it: the member's email, else the token's name, else either's id. The
+    // migration that introduced the envelope computes the same in SQL for stored events.
+    let actor = [&member_email, &token_name, &member_id, &token_id]
+        .into_iter()
+        .flatten()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_default();
+    let (action, resource) = accesses
+        .first()
+        .map(|a| (a.action.clone(), a.resource.clone()))
+        .unwrap_or_default();
     let kind = incoming.kind.unwrap_or_default();
     let name = incoming.name.unwrap_or_default();
     let title = incoming.title.unwrap_or_default();
@@ -239,6 +297,7 @@ pub fn normalise(body: &[u8], source: Source) -> Result<NewEvent, EventError> {
         date,
         kind,
         name,
+        summary: title.clone(),
         title,
         member_id,
         member_email,
@@ -247,7 +306,11 @@ pub fn normalise(body: &[u8], source: Source) -> Result<NewEvent, EventError> {
         resources,
         search,
         raw,
-        source,
+        source: Source::LaunchDarkly,
+        channel,
+        actor,
+        action,
+        resource,
     })
 }
 
@@ -472,6 +535,72 @@ pub fn listing_rep(raw: &str, date: i64, id: &str) -> Value {
     Value::Object(map)
 }
 
+/// The common envelope every source's events map to (`/api/events`, queues, the UI,
+/// destinations).
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub source: &'a str,
+    pub id: &'a str,
+    /// Epoch milliseconds.
+    pub date: i64,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub summary: &'a str,
+    /// The payload as received (JSON text).
+    pub raw: &'a str,
+}
+
+/// RFC 3339 with milliseconds and `Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+/// Writes `e` as one JSON object: `source`, `id`, `date`, `time`, `actor`, `action`,
+/// `resource`, `summary`, `raw` (the payload inline, as stored; `{}` should a stored body
+/// not be a JSON object).
+pub fn write_envelope(out: &mut Vec<u8>, e: &Envelope<'_>) {
+    let raw = match serde_json::from_str::<&serde_json::value::RawValue>(e.raw) {
+        Ok(r) if r.get().trim_start().starts_with('{') => r.get(),
+        _ => "{}",
+    };
+    let s = |out: &mut Vec<u8>, v: &str| {
+        // Serialising a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, v);
+    };
+    out.extend_from_slice(b"{\"source\":");
+    s(out, e.source);
+    out.extend_from_slice(b",\"id\":");
+    s(out, e.id);
+    out.extend_from_slice(format!(",\"date\":{},\"time\":", e.date).as_bytes());
+    s(out, &rfc3339_ms(e.date));
+    out.extend_from_slice(b",\"actor\":");
+    s(out, e.actor);
+    out.extend_from_slice(b",\"action\":");
+    s(out, e.action);
+    out.extend_from_slice(b",\"resource\":");
+    s(out, e.resource);
+    out.extend_from_slice(b",\"summary\":");
+    s(out, e.summary);
+    out.extend_from_slice(b",\"raw\":");
+    out.extend_from_slice(raw.as_bytes());
+    out.push(b'}');
+}
+
+/// Writes `rows` as a JSON array of envelopes.
+pub fn write_envelopes(out: &mut Vec<u8>, rows: &[crate::store::StoredEvent]) {
+    out.push(b'[');
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_envelope(out, &row.envelope());
+    }
+    out.push(b']');
+}
+
 /// Writes `rows` as a JSON array of listing reps into `out`, consuming each row as it goes,
 /// so a page's memory is its answer's bytes plus one entry, not several copies of the page.
 pub fn write_listing_items(out: &mut Vec<u8>, rows: Vec<crate::store::StoredEvent>) {
@@ -569,27 +698,27 @@ mod tests {
     #[test]
     fn classifies_bad_bodies() {
         assert_eq!(
-            normalise(b"[1]", Source::Hook).unwrap_err(),
+            normalise(b"[1]", Channel::Hook).unwrap_err(),
             EventError::NotObject("an array")
         );
         assert_eq!(
-            normalise(b" 42", Source::Hook).unwrap_err(),
+            normalise(b" 42", Channel::Hook).unwrap_err(),
             EventError::NotObject("a number")
         );
         assert!(matches!(
-            normalise(b"{\"_id\":", Source::Hook),
+            normalise(b"{\"_id\":", Channel::Hook),
             Err(EventError::Malformed(_))
         ));
         assert_eq!(
-            normalise(b"{\"date\":1}", Source::Hook).unwrap_err(),
+            normalise(b"{\"date\":1}", Channel::Hook).unwrap_err(),
             EventError::MissingId
         );
         assert_eq!(
-            normalise(b"{\"_id\":\"a\"}", Source::Hook).unwrap_err(),
+            normalise(b"{\"_id\":\"a\"}", Channel::Hook).unwrap_err(),
             EventError::MissingTime
         );
         assert!(matches!(
-            normalise(b"{\"_id\":5,\"date\":1}", Source::Hook),
+            normalise(b"{\"_id\":5,\"date\":1}", Channel::Hook),
             Err(EventError::WrongType(_))
         ));
     }
@@ -597,7 +726,7 @@ mod tests {
     #[test]
     fn hook_payload_gets_listing_fields() {
         let raw = r#"{"_id":"x","timestamp":{"milliseconds":5},"kind":"flag","name":"n"}"#;
-        let ev = normalise(raw.as_bytes(), Source::Hook).unwrap();
+        let ev = normalise(raw.as_bytes(), Channel::Hook).unwrap();
         assert_eq!(ev.date, 5);
         let rep = listing_rep(raw, ev.date, &ev.id);
         assert_eq!(rep["date"], 5);

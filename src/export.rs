@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::event::listing_rep;
+use crate::event::{listing_rep, Source};
 use crate::store::{ExportRow, Filter, Store, StoreError};
 
 /// A CSV column.
@@ -33,6 +33,9 @@ pub enum Column {
     MemberLastName,
     TokenId,
     TokenName,
+    Source,
+    Actor,
+    Summary,
 }
 
 /// Every column, by its `columns=` name.
@@ -55,6 +58,9 @@ pub const COLUMNS: &[(&str, Column)] = &[
     ("member_last_name", Column::MemberLastName),
     ("token_id", Column::TokenId),
     ("token_name", Column::TokenName),
+    ("source", Column::Source),
+    ("actor", Column::Actor),
+    ("summary", Column::Summary),
 ];
 
 /// Columns when `columns=` is not given.
@@ -288,8 +294,29 @@ impl Encoder {
         };
         match format {
             Format::Ndjson => {
-                let rep = listing_rep(row.raw.as_deref().unwrap_or("{}"), row.date, &row.id);
-                let line = serde_json::to_vec(&rep).map_err(|e| e.to_string())?;
+                // LaunchDarkly's events as its listing reps (as `/api/v2/auditlog` gives
+                // them); the other sources' as envelopes, which name their source.
+                let raw = row.raw.as_deref().unwrap_or("{}");
+                let line = if row.source == Source::LaunchDarkly.as_str() {
+                    serde_json::to_vec(&listing_rep(raw, row.date, &row.id))
+                        .map_err(|e| e.to_string())?
+                } else {
+                    let mut out = Vec::new();
+                    crate::event::write_envelope(
+                        &mut out,
+                        &crate::event::Envelope {
+                            source: &row.source,
+                            id: &row.id,
+                            date: row.date,
+                            actor: &row.actor,
+                            action: &row.action,
+                            resource: &row.resource,
+                            summary: &row.summary,
+                            raw,
+                        },
+                    );
+                    out
+                };
                 self.csv_flush_into_ndjson(&line);
                 self.rows += 1;
                 Ok(())
@@ -340,6 +367,9 @@ impl Encoder {
                             }
                             Column::TokenId => row.token_id.clone().unwrap_or_default().into(),
                             Column::TokenName => str_at(&raw, &["token", "name"]).to_owned().into(),
+                            Column::Source => row.source.as_str().into(),
+                            Column::Actor => row.actor.as_str().into(),
+                            Column::Summary => row.summary.as_str().into(),
                         }
                     })
                     .collect();

@@ -60,6 +60,7 @@ pub(crate) fn now_ms() -> i64 {
 pub fn app(state: AppState) -> Router {
     let read = Router::new()
         .merge(routes::auditlog::router())
+        .merge(routes::events::router())
         .merge(routes::preview::router())
         .merge(routes::export::router())
         .merge(routes::queue::router())

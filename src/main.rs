@@ -198,7 +198,7 @@ async fn preview(mut config: Config, args: PreviewArgs) -> anyhow::Result<()> {
                 std::sync::Arc::new(Metrics::new()),
             )
             .await?;
-            let row = store.get(id).await?;
+            let row = store.get(audithook::event::Source::LaunchDarkly, id).await?;
             store.close().await;
             let row = row.ok_or_else(|| anyhow::anyhow!("no stored event with _id {id:?}"))?;
             let entry = audithook::event::stored_entry(&row.raw, &row.id, row.date);

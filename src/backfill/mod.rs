@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use self::client::{LdClient, LdError, PAGE_LIMIT};
 use self::policy::Policy;
-use crate::event::{normalise, Source};
+use crate::event::{normalise, Channel};
 use crate::now_ms;
 use crate::store::{BackfillWindow, Inserted, Store, StoreError};
 
@@ -446,7 +446,7 @@ impl Job {
         let mut events = Vec::with_capacity(items.len());
         let mut range: Option<(i64, i64)> = None;
         for item in items {
-            match normalise(item.as_bytes(), Source::Rest) {
+            match normalise(item.as_bytes(), Channel::Rest) {
                 Ok(ev) => {
                     range = Some(range.map_or((ev.date, ev.date), |(o, n)| {
                         (o.min(ev.date), n.max(ev.date))

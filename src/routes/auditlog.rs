@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, Result};
-use crate::event::listing_rep;
+use crate::event::{listing_rep, Source};
 use crate::store::{Cursor, Filter, PageSpec};
 use crate::AppState;
 
@@ -127,6 +127,7 @@ fn parse_cursor(v: &str) -> Option<Cursor> {
     Some(Cursor {
         date: date.parse().ok()?,
         id: id.to_owned(),
+        source: Source::LaunchDarkly.as_str().to_owned(),
     })
 }
 
@@ -152,7 +153,9 @@ async fn list_entries(
     State(AppState { store, .. }): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<axum::response::Response> {
-    let params = parse_list_params(query.as_deref())?;
+    let mut params = parse_list_params(query.as_deref())?;
+    // LaunchDarkly's API: LaunchDarkly's events only.
+    params.filter.sources = vec![Source::LaunchDarkly.as_str().to_owned()];
     let page = PageSpec {
         offset: params.offset,
         limit: params.limit + 1,
@@ -172,10 +175,7 @@ async fn list_entries(
     );
     if more {
         if let Some(last) = rows.last() {
-            let next = Cursor {
-                date: last.date,
-                id: last.id.clone(),
-            };
+            let next = Cursor::of(last);
             // The cursor already stands past the skipped entries.
             let rest: Vec<(String, String)> = params
                 .passthrough
@@ -213,7 +213,7 @@ async fn get_entry(
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     let row = store
-        .get(&id)
+        .get(Source::LaunchDarkly, &id)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let row =

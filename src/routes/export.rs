@@ -28,7 +28,9 @@ pub fn parse_export_query(query: Option<&str>, csv: bool) -> Result<(Filter, For
     let mut filter = Filter::default();
     let (mut columns, mut preset) = (None, None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if apply_filter_param(&mut filter, &key, &value)? {
+        if apply_filter_param(&mut filter, &key, &value)?
+            || crate::routes::events::apply_source_param(&mut filter, &key, &value)?
+        {
             continue;
         }
         match key.as_ref() {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::auth::HeaderCredential;
 use crate::error::{ApiError, Result};
-use crate::event::{normalise, Source};
+use crate::event::{normalise, Channel};
 use crate::store::Inserted;
 use crate::AppState;
 
@@ -119,7 +119,7 @@ async fn receive(
         }
     }
     state.metrics.events_received.inc();
-    let event = normalise(&bytes, Source::Hook)
+    let event = normalise(&bytes, Channel::Hook)
         .map_err(|e| ApiError::client(StatusCode::BAD_REQUEST, "invalid_event", e.to_string()))?;
     let id = event.id.clone();
     tracing::Span::current().record("event_id", id.as_str());

@@ -101,7 +101,7 @@ async fn create_preview(
         (None, Some(id)) => {
             let row = state
                 .store
-                .get(id)
+                .get(crate::event::Source::LaunchDarkly, id)
                 .await
                 .map_err(|e| ApiError::Unavailable(e.to_string()))?;
             let row =

@@ -1,5 +1,6 @@
 //! `GET /queue/{consumer}?limit=N`: each consumer receives every stored event exactly once,
-//! in arrival order (a backfilled event older than what a consumer already has still reaches
+//! as the common envelope (`source` filter, repeatable: the consumer's position passes
+//! events of other sources, so a consumer keeps one filter), in arrival order (a backfilled event older than what a consumer already has still reaches
 //! it), as Carbon Black Cloud's audit-log queue does. Consumers are independent; positions
 //! are kept in the store.
 //!
@@ -56,9 +57,18 @@ async fn get_queue(
     let mut limit = DEFAULT_LIMIT;
     let mut explicit = false;
     let mut visibility = None;
+    let mut sources = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "limit" => limit = parse_limit(&value, MAX_LIMIT)?,
+            "source" => {
+                let source = crate::event::Source::parse(&value).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "parameter `source` must be one of `launchdarkly`, `tfc`, `cbc`, got {value:?}"
+                    ))
+                })?;
+                sources.push(source.as_str().to_owned());
+            }
             "ack" => match value.as_ref() {
                 "explicit" => explicit = true,
                 "auto" => explicit = false,
@@ -93,7 +103,7 @@ async fn get_queue(
     let lease =
         explicit.then(|| std::time::Duration::from_secs(visibility.unwrap_or(DEFAULT_VISIBILITY)));
     let batch = store
-        .queue_take_leased(&consumer, limit, lease)
+        .queue_take_from(&consumer, limit, lease, &sources)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let mut head = json!({"consumer": consumer, "count": batch.rows.len()});
@@ -106,7 +116,7 @@ async fn get_queue(
         let _ = serde_json::to_writer(&mut *out, &head);
         out.pop();
         out.extend_from_slice(b",\"items\":");
-        crate::event::write_listing_items(out, batch.rows);
+        crate::event::write_envelopes(out, &batch.rows);
         out.push(b'}');
     }))
 }

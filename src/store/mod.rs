@@ -1,11 +1,11 @@
-//! The store: one write path (group commit, dedupe by `_id`) and one query path for every
-//! reader. No SQL outside this module.
+//! The store: one write path (group commit, dedupe by `(source, id)`) and one query path
+//! for every reader. No SQL outside this module.
 
 pub mod postgres;
 pub mod sqlite;
 mod writer;
 
-use crate::event::NewEvent;
+use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
 use std::sync::Arc;
 
@@ -29,17 +29,40 @@ pub enum StoreError {
     Other(String),
 }
 
-/// A position in event order (`date` descending, then `_id` descending): rows strictly
-/// after it in that order are returned.
+/// A position in event order (`date` descending, then `id`, then `source` descending):
+/// rows strictly after it in that order are returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub date: i64,
     pub id: String,
+    pub source: String,
 }
+
+impl Cursor {
+    /// The position of `row`.
+    pub fn of(row: &StoredEvent) -> Cursor {
+        Cursor {
+            date: row.date,
+            id: row.id.clone(),
+            source: row.source.clone(),
+        }
+    }
+}
+
+/// The columns a [`StoredEvent`] is read from, in its fields' order.
+pub(crate) const EVENT_COLUMNS: &str = "seq, id, date, raw, source, actor, action, resource, summary";
+
+/// The columns an [`ExportRow`] is read from (then `raw` or NULL).
+pub(crate) const EXPORT_COLUMNS: &str = "seq, id, date, kind, name, title, member_id, \
+     member_email, token_id, accesses, source, actor, summary, action, resource";
 
 /// Filters shared by every reader.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Sources (any of; none = every source).
+    pub sources: Vec<String>,
+    /// Actors, as the envelope's `actor` (any of).
+    pub actors: Vec<String>,
     /// Only entries with `date < before`.
     pub before: Option<i64>,
     /// Only entries with `date > after`.
@@ -62,6 +85,7 @@ pub struct Filter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportRow {
     pub seq: i64,
+    pub source: String,
     pub id: String,
     pub date: i64,
     pub kind: String,
@@ -72,6 +96,10 @@ pub struct ExportRow {
     pub token_id: Option<String>,
     /// Accesses as JSON (`[{"action":..,"resource":..}]`).
     pub accesses: String,
+    pub actor: String,
+    pub summary: String,
+    pub action: String,
+    pub resource: String,
     pub raw: Option<String>,
 }
 
@@ -95,13 +123,44 @@ pub struct Listed {
     pub cut: bool,
 }
 
-/// One stored event as readers see it.
+/// One stored event as readers see it: the envelope's columns and the raw body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     pub seq: i64,
     pub id: String,
     pub date: i64,
     pub raw: String,
+    pub source: String,
+    pub actor: String,
+    pub action: String,
+    pub resource: String,
+    pub summary: String,
+}
+
+impl StoredEvent {
+    /// The event as the common envelope.
+    pub fn envelope(&self) -> crate::event::Envelope<'_> {
+        crate::event::Envelope {
+            source: &self.source,
+            id: &self.id,
+            date: self.date,
+            actor: &self.actor,
+            action: &self.action,
+            resource: &self.resource,
+            summary: &self.summary,
+            raw: &self.raw,
+        }
+    }
+}
+
+/// A run of a Terraform Cloud or Carbon Black Cloud poller (a backfill or one poll): its
+/// window and its progress, which the source's poller defines (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRun {
+    pub id: i64,
+    pub after: i64,
+    pub before: i64,
+    pub progress: String,
 }
 
 /// A batch handed to a queue consumer.
@@ -193,6 +252,10 @@ impl ExportRow {
             + self.name.len()
             + self.title.len()
             + self.id.len()
+            + self.actor.len()
+            + self.summary.len()
+            + self.action.len()
+            + self.resource.len()
             + 64
     }
 }
@@ -251,7 +314,7 @@ impl Store {
         )
     }
 
-    /// Stores one event unless an event with its `_id` is already stored. Returns once
+    /// Stores one event unless an event with its `(source, id)` is already stored. Returns once
     /// the event is committed.
     pub async fn insert(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         match self {
@@ -268,11 +331,11 @@ impl Store {
         }
     }
 
-    /// One event by `_id`.
-    pub async fn get(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+    /// One event by its identity.
+    pub async fn get(&self, source: Source, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.get(id.to_owned()).await,
-            Store::Postgres(s) => s.get(id).await,
+            Store::Sqlite(s) => s.get(source, id.to_owned()).await,
+            Store::Postgres(s) => s.get(source, id).await,
         }
     }
 
@@ -370,12 +433,24 @@ impl Store {
         limit: usize,
         visibility: Option<std::time::Duration>,
     ) -> Result<QueueBatch, StoreError> {
+        self.queue_take_from(name, limit, visibility, &[]).await
+    }
+
+    /// Like [`Store::queue_take_leased`], with only events of `sources` (none = all)
+    /// delivered: the consumer's position passes the others. A consumer keeps one filter.
+    pub async fn queue_take_from(
+        &self,
+        name: &str,
+        limit: usize,
+        visibility: Option<std::time::Duration>,
+        sources: &[String],
+    ) -> Result<QueueBatch, StoreError> {
         match self {
             Store::Sqlite(s) => {
-                s.queue_take_leased(name.to_owned(), limit, visibility)
+                s.queue_take_leased(name.to_owned(), limit, visibility, sources.to_vec())
                     .await
             }
-            Store::Postgres(s) => s.queue_take_leased(name, limit, visibility).await,
+            Store::Postgres(s) => s.queue_take_leased(name, limit, visibility, sources).await,
         }
     }
 
@@ -387,11 +462,59 @@ impl Store {
         }
     }
 
-    /// The date of the newest stored event.
-    pub async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
+    /// The date of the newest stored event of `source`.
+    pub async fn newest_date(&self, source: Source) -> Result<Option<i64>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.newest_date().await,
-            Store::Postgres(s) => s.newest_date().await,
+            Store::Sqlite(s) => s.newest_date(source).await,
+            Store::Postgres(s) => s.newest_date(source).await,
+        }
+    }
+
+    /// The oldest unfinished run of `source`'s poller, to resume.
+    pub async fn source_run_open(&self, source: Source) -> Result<Option<SourceRun>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.source_run_open(source).await,
+            Store::Postgres(s) => s.source_run_open(source).await,
+        }
+    }
+
+    /// Records a new run of `source`'s poller over `after..=before`; returns its id.
+    pub async fn source_run_create(
+        &self,
+        source: Source,
+        after: i64,
+        before: i64,
+        progress: &str,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.source_run_create(source, after, before, progress.to_owned())
+                    .await
+            }
+            Store::Postgres(s) => s.source_run_create(source, after, before, progress).await,
+        }
+    }
+
+    /// Saves a run's progress (after what it covers is committed), and finishes it when
+    /// `finished`.
+    pub async fn source_run_save(
+        &self,
+        run: i64,
+        progress: &str,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.source_run_save(run, progress.to_owned(), finished).await,
+            Store::Postgres(s) => s.source_run_save(run, progress, finished).await,
+        }
+    }
+
+    /// The end of the latest finished run of `source`'s poller: everything up to it that
+    /// the vendor kept is stored.
+    pub async fn source_position(&self, source: Source) -> Result<Option<i64>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.source_position(source).await,
+            Store::Postgres(s) => s.source_position(source).await,
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Each instance runs one writer task that commits whatever requests are queued in one
 //! transaction (group commit) with one multi-row `INSERT .. SELECT FROM unnest(..) ON
-//! CONFLICT (id) DO NOTHING RETURNING id`. The transaction first takes an advisory lock, so
+//! CONFLICT (source, id) DO NOTHING RETURNING source, id`. The transaction first takes an advisory lock, so
 //! groups from different instances commit one after another: two instances storing the same
 //! events cannot deadlock, and `seq` (arrival order) becomes visible in order, which is what
 //! lets a queue reader on any instance advance past a position without skipping a row that
@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
     AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
-    QueueBatch, StoreError, StoredEvent, EXPORT_BATCH, EXPORT_BATCH_BYTES,
+    QueueBatch, SourceRun, StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_BATCH,
+    EXPORT_BATCH_BYTES, EXPORT_COLUMNS,
 };
-use crate::event::NewEvent;
+use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
@@ -52,6 +53,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         20261129010000,
         include_str!("../../migrations/postgres/20261129010000_queue_leases.sql"),
+    ),
+    (
+        20261130000000,
+        include_str!("../../migrations/postgres/20261130000000_sources.sql"),
     ),
 ];
 
@@ -151,9 +156,15 @@ impl PgStore {
         self.writer.insert_many(events).await
     }
 
-    pub(super) async fn get(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        Ok(
-            sqlx::query("SELECT seq, id, date, raw FROM events WHERE id = $1")
+    pub(super) async fn get(
+        &self,
+        source: Source,
+        id: &str,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        Ok(sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE source = $1 AND id = $2"
+        ))
+                .bind(source.as_str())
                 .bind(pg_text(id).as_ref())
                 .fetch_optional(&self.pool)
                 .await?
@@ -175,7 +186,9 @@ impl PgStore {
             if let Some(cur) = cursor {
                 let d = q.arg(Arg::I64(cur.date));
                 let i = q.arg(Arg::Text(pg_text(&cur.id).into_owned()));
-                q.sql.push_str(&format!(" AND (date, id) < (${d}, ${i})"));
+                let s = q.arg(Arg::Text(pg_text(&cur.source).into_owned()));
+                q.sql
+                    .push_str(&format!(" AND (date, id, source) < (${d}, ${i}, ${s})"));
             }
             if candidates {
                 // Common terms: the newest few thousand events usually hold a page of
@@ -183,7 +196,7 @@ impl PgStore {
                 // a prefix of the events in this order, so their matches are a prefix).
                 let n = q.arg(Arg::I64(self.newest_candidates));
                 q.sql.push_str(&format!(
-                    " ORDER BY date DESC, id DESC LIMIT ${n}) c WHERE true"
+                    " ORDER BY date DESC, id DESC, source DESC LIMIT ${n}) c WHERE true"
                 ));
                 q.text_filter_exact(filter);
             } else {
@@ -192,14 +205,16 @@ impl PgStore {
             let l = q.arg(Arg::I64(page.limit.min(i64::MAX as usize) as i64));
             let o = q.arg(Arg::I64(page.offset.min(i64::MAX as usize) as i64));
             q.sql.push_str(&format!(
-                " ORDER BY date DESC, id DESC LIMIT ${l} OFFSET ${o}"
+                " ORDER BY date DESC, id DESC, source DESC LIMIT ${l} OFFSET ${o}"
             ));
             q
         };
         if text_search && self.newest_candidates > 0 {
             let q = newest(
-                "SELECT seq, id, date, raw FROM (SELECT seq, id, date, raw, search, resources \
-                 FROM events WHERE true",
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS}, search, resources \
+                     FROM events WHERE true"
+                ),
                 true,
             );
             let listed = self.fetch_listed(&q, page.max_bytes).await?;
@@ -208,7 +223,10 @@ impl PgStore {
             }
         }
         // Rare terms: the trigram index plus the events it has not indexed yet.
-        let q = newest("SELECT seq, id, date, raw FROM events WHERE true", false);
+        let q = newest(
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE true"),
+            false,
+        );
         self.fetch_listed(&q, page.max_bytes).await
     }
 
@@ -268,13 +286,12 @@ impl PgStore {
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let run = async {
-                let mut q = SqlBuilder::new(if with_raw {
-                    "SELECT seq, id, date, kind, name, title, member_id, member_email, token_id, accesses, raw FROM events WHERE true"
-                } else {
-                    "SELECT seq, id, date, kind, name, title, member_id, member_email, token_id, accesses, NULL::text AS raw FROM events WHERE true"
-                });
+                let mut q = SqlBuilder::new(&format!(
+                    "SELECT {EXPORT_COLUMNS}, {} FROM events WHERE true",
+                    if with_raw { "raw" } else { "NULL::text AS raw" }
+                ));
                 q.filter(&filter);
-                q.sql.push_str(" ORDER BY date, id");
+                q.sql.push_str(" ORDER BY date, id, source");
                 let mut rows = q.query().fetch(&pool);
                 let mut batch = Vec::with_capacity(EXPORT_BATCH);
                 let mut bytes = 0usize;
@@ -290,7 +307,12 @@ impl PgStore {
                         member_email: r.try_get(7)?,
                         token_id: r.try_get(8)?,
                         accesses: r.try_get(9)?,
-                        raw: r.try_get(10)?,
+                        source: r.try_get(10)?,
+                        actor: r.try_get(11)?,
+                        summary: r.try_get(12)?,
+                        action: r.try_get(13)?,
+                        resource: r.try_get(14)?,
+                        raw: r.try_get(15)?,
                     };
                     bytes += row.size();
                     batch.push(row);
@@ -327,6 +349,7 @@ impl PgStore {
         name: &str,
         limit: usize,
         visibility: Option<Duration>,
+        sources: &[String],
     ) -> Result<QueueBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The consumer's row is the lock: concurrent takes for one consumer, on any instance,
@@ -353,10 +376,10 @@ impl PgStore {
         let mut bytes = 0usize;
         {
             use futures_util::TryStreamExt;
-            let mut found = sqlx::query(
-                "SELECT e.seq, e.id, e.date, e.raw FROM queue_leases l JOIN events e ON e.seq = l.seq \
-                 WHERE l.consumer = $1 AND l.expires_at <= $2 ORDER BY l.seq LIMIT $3",
-            )
+            let sql = "SELECT e.seq, e.id, e.date, e.raw, e.source, e.actor, e.action, \
+                 e.resource, e.summary FROM queue_leases l JOIN events e ON e.seq = l.seq \
+                 WHERE l.consumer = $1 AND l.expires_at <= $2 ORDER BY l.seq LIMIT $3";
+            let mut found = sqlx::query(sql)
             .bind(name)
             .bind(now)
             .bind(limit as i64)
@@ -374,11 +397,14 @@ impl PgStore {
         let mut fresh = Vec::new();
         if bytes <= super::QUEUE_BATCH_BYTES {
             use futures_util::TryStreamExt;
-            let mut found = sqlx::query(
-                "SELECT seq, id, date, raw FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
-            )
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 \
+                 AND (cardinality($3::text[]) = 0 OR source = ANY($3)) ORDER BY seq LIMIT $2"
+            );
+            let mut found = sqlx::query(&sql)
             .bind(position)
             .bind((limit - expired.len()) as i64)
+            .bind(sources)
             .fetch(&mut *tx);
             while let Some(r) = found.try_next().await? {
                 let row = row_to_event(&r)?;
@@ -464,10 +490,82 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT max(date) FROM events")
-            .fetch_one(&self.pool)
-            .await?)
+    pub(super) async fn newest_date(&self, source: Source) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT max(date) FROM events WHERE source = $1")
+                .bind(source.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn source_run_open(
+        &self,
+        source: Source,
+    ) -> Result<Option<SourceRun>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, after_ms, before_ms, progress FROM source_runs \
+             WHERE source = $1 AND finished_at IS NULL ORDER BY id LIMIT 1",
+        )
+        .bind(source.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| {
+                Ok::<_, sqlx::Error>(SourceRun {
+                    id: r.try_get(0)?,
+                    after: r.try_get(1)?,
+                    before: r.try_get(2)?,
+                    progress: r.try_get(3)?,
+                })
+            })
+            .transpose()?)
+    }
+
+    pub(super) async fn source_run_create(
+        &self,
+        source: Source,
+        after: i64,
+        before: i64,
+        progress: &str,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(&format!(
+            "INSERT INTO source_runs (source, after_ms, before_ms, progress, created_at) \
+             VALUES ($1, $2, $3, $4, {NOW_MS}) RETURNING id"
+        ))
+        .bind(source.as_str())
+        .bind(after)
+        .bind(before)
+        .bind(progress)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn source_run_save(
+        &self,
+        run: i64,
+        progress: &str,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE source_runs SET progress = $2, \
+             finished_at = CASE WHEN $3 THEN {NOW_MS} ELSE finished_at END WHERE id = $1"
+        ))
+        .bind(run)
+        .bind(progress)
+        .bind(finished)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn source_position(&self, source: Source) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT max(before_ms) FROM source_runs WHERE source = $1 AND finished_at IS NOT NULL",
+        )
+        .bind(source.as_str())
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub(super) async fn lease_acquire(
@@ -707,12 +805,18 @@ fn pg_json(json: &str) -> Cow<'_, str> {
     }
 }
 
+/// A row of [`EVENT_COLUMNS`].
 fn row_to_event(r: &PgRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {
         seq: r.try_get(0)?,
         id: r.try_get(1)?,
         date: r.try_get(2)?,
         raw: r.try_get(3)?,
+        source: r.try_get(4)?,
+        actor: r.try_get(5)?,
+        action: r.try_get(6)?,
+        resource: r.try_get(7)?,
+        summary: r.try_get(8)?,
     })
 }
 
@@ -795,6 +899,14 @@ impl SqlBuilder {
             self.sql.push_str(&format!(" AND date > ${n}"));
         }
         let texts = |v: &[String]| Arg::Texts(v.iter().map(|s| pg_text(s).into_owned()).collect());
+        if !f.sources.is_empty() {
+            let n = self.arg(texts(&f.sources));
+            self.sql.push_str(&format!(" AND source = ANY(${n})"));
+        }
+        if !f.actors.is_empty() {
+            let n = self.arg(texts(&f.actors));
+            self.sql.push_str(&format!(" AND actor = ANY(${n})"));
+        }
         if !f.members.is_empty() {
             let n = self.arg(texts(&f.members));
             self.sql.push_str(&format!(
@@ -962,13 +1074,13 @@ async fn commit_group(pool: &PgPool, group: &mut Group, metrics: &Metrics) {
     }
 }
 
-/// Each event's outcome, given the `_id`s its transaction stored: the first of several
-/// events carrying one `_id` stored it, the others are duplicates.
-fn outcomes(events: &[NewEvent], stored: &mut HashSet<String>) -> Vec<Inserted> {
+/// Each event's outcome, given the identities its transaction stored: the first of several
+/// events carrying one identity stored it, the others are duplicates.
+fn outcomes(events: &[NewEvent], stored: &mut HashSet<(String, String)>) -> Vec<Inserted> {
     events
         .iter()
         .map(|e| {
-            if stored.remove(pg_text(&e.id).as_ref()) {
+            if stored.remove(&(e.source.as_str().to_owned(), pg_text(&e.id).into_owned())) {
                 Inserted::Stored
             } else {
                 Inserted::Duplicate
@@ -988,10 +1100,18 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
     )
 }
 
-/// Inserts the events in one transaction; returns the `_id`s newly stored.
-async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<String>, sqlx::Error> {
+/// Inserts the events in one transaction; returns the identities newly stored.
+async fn insert_all(
+    pool: &PgPool,
+    events: &[&NewEvent],
+) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let n = events.len();
     let mut id = Vec::with_capacity(n);
+    let mut src = Vec::with_capacity(n);
+    let mut actor = Vec::with_capacity(n);
+    let mut action = Vec::with_capacity(n);
+    let mut resource = Vec::with_capacity(n);
+    let mut summary = Vec::with_capacity(n);
     let mut date = Vec::with_capacity(n);
     let mut kind = Vec::with_capacity(n);
     let mut name = Vec::with_capacity(n);
@@ -1002,17 +1122,22 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
     let mut accesses = Vec::with_capacity(n);
     let mut resources = Vec::with_capacity(n);
     let mut search = Vec::with_capacity(n);
-    let mut source = Vec::with_capacity(n);
+    let mut channel = Vec::with_capacity(n);
     let mut raw = Vec::with_capacity(n);
     let mut seen = HashSet::with_capacity(n);
     // Borrowed unless a NUL had to be replaced; the raw body, being JSON, never holds one.
     for e in events {
         let key = pg_text(&e.id);
-        // Within one statement, a repeated `_id` is simply a duplicate.
-        if !seen.insert(key.clone()) {
+        // Within one statement, a repeated identity is simply a duplicate.
+        if !seen.insert((e.source, key.clone())) {
             continue;
         }
         id.push(key);
+        src.push(e.source.as_str());
+        actor.push(pg_text(&e.actor));
+        action.push(pg_text(&e.action));
+        resource.push(pg_text(&e.resource));
+        summary.push(pg_text(&e.summary));
         date.push(e.date);
         kind.push(pg_text(&e.kind));
         name.push(pg_text(&e.name));
@@ -1023,23 +1148,25 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
         accesses.push(pg_json(&e.accesses));
         resources.push(resources_column(&e.resources));
         search.push(pg_text(&e.search));
-        source.push(e.source.as_str());
+        channel.push(e.channel.as_str());
         raw.push(e.raw.as_str());
     }
     // One statement, so one round trip and its own transaction. The lock is taken before
     // any row is produced (a cross join yields nothing until both sides have), so before the
     // first sequence number is drawn, and it is held until the statement commits.
-    let stored: Vec<String> = sqlx::query_scalar(&format!(
+    let stored: Vec<(String, String)> = sqlx::query_as(&format!(
         "INSERT INTO events (id, date, kind, name, title, member_id, member_email, token_id, \
-         accesses, resources, search, source, received_at, raw) \
+         accesses, resources, search, channel, received_at, raw, source, actor, action, \
+         resource, summary) \
          SELECT id, date, kind, name, title, member_id, member_email, token_id, accesses, \
-         resources, search, source, {NOW_MS}, raw \
+         resources, search, channel, {NOW_MS}, raw, source, actor, action, resource, summary \
          FROM (SELECT pg_advisory_xact_lock($14)) AS insert_lock, \
          unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+         $15::text[], $16::text[], $17::text[], $18::text[], $19::text[]) \
          AS t (id, date, kind, name, title, member_id, member_email, token_id, accesses, \
-         resources, search, source, raw) \
-         ON CONFLICT (id) DO NOTHING RETURNING id"
+         resources, search, channel, raw, source, actor, action, resource, summary) \
+         ON CONFLICT (source, id) DO NOTHING RETURNING source, id"
     ))
     .bind(&id)
     .bind(&date)
@@ -1052,9 +1179,14 @@ async fn insert_all(pool: &PgPool, events: &[&NewEvent]) -> Result<HashSet<Strin
     .bind(&accesses)
     .bind(&resources)
     .bind(&search)
-    .bind(&source)
+    .bind(&channel)
     .bind(&raw)
     .bind(INSERT_LOCK)
+    .bind(&src)
+    .bind(&actor)
+    .bind(&action)
+    .bind(&resource)
+    .bind(&summary)
     .fetch_all(pool)
     .await?;
     Ok(stored.into_iter().collect())

@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
     AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
-    QueueBatch, StoreError, StoredEvent, EXPORT_BATCH, EXPORT_BATCH_BYTES,
+    QueueBatch, SourceRun, StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_BATCH,
+    EXPORT_BATCH_BYTES, EXPORT_COLUMNS,
 };
-use crate::event::NewEvent;
+use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
@@ -51,11 +52,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
         20261129010000,
         include_str!("../../migrations/sqlite/20261129010000_queue_leases.sql"),
     ),
+    (
+        20261130000000,
+        include_str!("../../migrations/sqlite/20261130000000_sources.sql"),
+    ),
 ];
 
 const INSERT_SQL: &str = "INSERT INTO events (id, date, kind, name, title, member_id, member_email, \
-     token_id, accesses, resources, search, source, received_at, raw) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON CONFLICT (id) DO NOTHING";
+     token_id, accesses, resources, search, channel, received_at, raw, source, actor, action, \
+     resource, summary) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+     ON CONFLICT (source, id) DO NOTHING";
 
 /// The file path of a `sqlite://PATH` URL (`sqlite:///abs` is absolute), or `None`.
 pub fn path_from_url(url: &str) -> Option<PathBuf> {
@@ -255,11 +262,17 @@ impl SqliteStore {
         .map_err(|e| StoreError::Other(format!("read task failed: {e}")))?
     }
 
-    pub(super) async fn get(&self, id: String) -> Result<Option<StoredEvent>, StoreError> {
+    pub(super) async fn get(
+        &self,
+        source: Source,
+        id: String,
+    ) -> Result<Option<StoredEvent>, StoreError> {
         self.read(move |c| {
-            c.prepare_cached("SELECT seq, id, date, raw FROM events WHERE id = ?1")?
-                .query_row([id], row_to_event)
-                .optional()
+            c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE source = ?1 AND id = ?2"
+            ))?
+            .query_row(params![source.as_str(), id], row_to_event)
+            .optional()
         })
         .await
     }
@@ -399,14 +412,12 @@ impl SqliteStore {
             };
             let run = || -> Result<(), StoreError> {
                 let conn = open_reader(&path)?;
-                let mut sql = String::from(
-                    "SELECT seq, id, date, kind, name, title, member_id, member_email, token_id, accesses",
-                );
+                let mut sql = format!("SELECT {EXPORT_COLUMNS}");
                 sql.push_str(if with_raw { ", raw" } else { ", NULL" });
                 sql.push_str(" FROM events WHERE 1 = 1");
                 let mut args: Vec<Box<dyn ToSql>> = Vec::new();
                 push_filter(&filter, &mut sql, &mut args);
-                sql.push_str(" ORDER BY date, id");
+                sql.push_str(" ORDER BY date, id, source");
                 let mut stmt = conn.prepare(&sql)?;
                 let mut rows = stmt.query(params_from_iter(args.iter()))?;
                 let mut batch = Vec::with_capacity(EXPORT_BATCH);
@@ -423,7 +434,12 @@ impl SqliteStore {
                         member_email: r.get(7)?,
                         token_id: r.get(8)?,
                         accesses: r.get(9)?,
-                        raw: r.get(10)?,
+                        source: r.get(10)?,
+                        actor: r.get(11)?,
+                        summary: r.get(12)?,
+                        action: r.get(13)?,
+                        resource: r.get(14)?,
+                        raw: r.get(15)?,
                     };
                     bytes += row.size();
                     batch.push(row);
@@ -464,6 +480,7 @@ impl SqliteStore {
         name: String,
         limit: usize,
         visibility: Option<std::time::Duration>,
+        sources: Vec<String>,
     ) -> Result<QueueBatch, StoreError> {
         self.side(move |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -480,8 +497,9 @@ impl SqliteStore {
             let mut bytes = 0usize;
             let mut expired_taken = Vec::new();
             {
-                let mut one =
-                    tx.prepare_cached("SELECT seq, id, date, raw FROM events WHERE seq = ?1")?;
+                let mut one = tx.prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?1"
+                ))?;
                 for seq in &expired {
                     let row = one.query_row([seq], row_to_event)?;
                     bytes += row.raw.len();
@@ -499,13 +517,13 @@ impl SqliteStore {
                 .unwrap_or(0);
             let mut fresh = Vec::new();
             if bytes <= super::QUEUE_BATCH_BYTES {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT seq, id, date, raw FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )?;
-                let found = stmt.query_map(
-                    params![position, (limit - expired.len()) as i64],
-                    row_to_event,
-                )?;
+                let mut args: Vec<Box<dyn ToSql>> =
+                    vec![Box::new(position), Box::new((limit - expired.len()) as i64)];
+                let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1");
+                push_in("source", &sources, &mut sql, &mut args);
+                sql.push_str(" ORDER BY seq LIMIT ?2");
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let found = stmt.query_map(params_from_iter(args.iter()), row_to_event)?;
                 for row in found {
                     let row = row?;
                     bytes += row.raw.len();
@@ -591,9 +609,84 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn newest_date(&self) -> Result<Option<i64>, StoreError> {
-        self.read(|c| c.query_row("SELECT max(date) FROM events", [], |r| r.get(0)))
-            .await
+    pub(super) async fn newest_date(&self, source: Source) -> Result<Option<i64>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT max(date) FROM events WHERE source = ?1",
+                [source.as_str()],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    pub(super) async fn source_run_open(
+        &self,
+        source: Source,
+    ) -> Result<Option<SourceRun>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT id, after_ms, before_ms, progress FROM source_runs \
+                 WHERE source = ?1 AND finished_at IS NULL ORDER BY id LIMIT 1",
+                [source.as_str()],
+                |r| {
+                    Ok(SourceRun {
+                        id: r.get(0)?,
+                        after: r.get(1)?,
+                        before: r.get(2)?,
+                        progress: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub(super) async fn source_run_create(
+        &self,
+        source: Source,
+        after: i64,
+        before: i64,
+        progress: String,
+    ) -> Result<i64, StoreError> {
+        self.progress(move |c| {
+            c.execute(
+                "INSERT INTO source_runs (source, after_ms, before_ms, progress, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![source.as_str(), after, before, progress, now_ms()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub(super) async fn source_run_save(
+        &self,
+        run: i64,
+        progress: String,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        self.progress(move |c| {
+            c.execute(
+                "UPDATE source_runs SET progress = ?2, \
+                 finished_at = CASE WHEN ?3 THEN ?4 ELSE finished_at END WHERE id = ?1",
+                params![run, progress, finished, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn source_position(&self, source: Source) -> Result<Option<i64>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT max(before_ms) FROM source_runs WHERE source = ?1 AND finished_at IS NOT NULL",
+                [source.as_str()],
+                |r| r.get(0),
+            )
+        })
+        .await
     }
 
     pub(super) async fn lease_acquire(
@@ -793,18 +886,20 @@ fn newest(
         args.push(Box::new(cur.date));
         let d = args.len();
         args.push(Box::new(cur.id.clone()));
+        args.push(Box::new(cur.source.clone()));
         base.push_str(&format!(
-            " AND (date < ?{d} OR (date = ?{d} AND id < ?{}))",
-            d + 1
+            " AND (date, id, source) < (?{d}, ?{}, ?{})",
+            d + 1,
+            d + 2
         ));
     }
-    let mut sql = String::from("SELECT seq, id, date, raw FROM events WHERE ");
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE ");
     match scope {
         Scope::All => sql.push_str(&base),
         Scope::NewestCandidates(n) => {
             args.push(Box::new(n));
             sql.push_str(&format!(
-                "seq IN (SELECT seq FROM events WHERE {base} ORDER BY date DESC, id DESC LIMIT ?{})",
+                "seq IN (SELECT seq FROM events WHERE {base} ORDER BY date DESC, id DESC, source DESC LIMIT ?{})",
                 args.len()
             ));
         }
@@ -823,7 +918,7 @@ fn newest(
     args.push(Box::new(page.limit.min(i64::MAX as usize) as i64));
     args.push(Box::new(page.offset.min(i64::MAX as usize) as i64));
     sql.push_str(&format!(
-        " ORDER BY date DESC, id DESC LIMIT ?{} OFFSET ?{}",
+        " ORDER BY date DESC, id DESC, source DESC LIMIT ?{} OFFSET ?{}",
         args.len() - 1,
         args.len()
     ));
@@ -920,6 +1015,8 @@ fn push_filter_parts(f: &Filter, sql: &mut String, args: &mut Vec<Box<dyn ToSql>
     if !non_text {
         return;
     }
+    push_in("source", &f.sources, sql, args);
+    push_in("actor", &f.actors, sql, args);
     if !f.members.is_empty() {
         let m = marks(&f.members, args);
         sql.push_str(&format!(
@@ -942,12 +1039,31 @@ fn push_filter_parts(f: &Filter, sql: &mut String, args: &mut Vec<Box<dyn ToSql>
     }
 }
 
+/// Appends ` AND column IN (...)` unless `values` is empty.
+fn push_in(column: &str, values: &[String], sql: &mut String, args: &mut Vec<Box<dyn ToSql>>) {
+    if values.is_empty() {
+        return;
+    }
+    let mut marks = Vec::with_capacity(values.len());
+    for v in values {
+        args.push(Box::new(v.clone()));
+        marks.push(format!("?{}", args.len()));
+    }
+    sql.push_str(&format!(" AND {column} IN ({})", marks.join(", ")));
+}
+
+/// A row of [`EVENT_COLUMNS`].
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         seq: r.get(0)?,
         id: r.get(1)?,
         date: r.get(2)?,
         raw: r.get(3)?,
+        source: r.get(4)?,
+        actor: r.get(5)?,
+        action: r.get(6)?,
+        resource: r.get(7)?,
+        summary: r.get(8)?,
     })
 }
 
@@ -1029,9 +1145,14 @@ fn insert_all<'a>(
                     e.accesses,
                     e.resources,
                     e.search,
-                    e.source.as_str(),
+                    e.channel.as_str(),
                     received_at,
                     e.raw,
+                    e.source.as_str(),
+                    e.actor,
+                    e.action,
+                    e.resource,
+                    e.summary,
                 ])?;
                 out.push(if n == 1 {
                     Inserted::Stored

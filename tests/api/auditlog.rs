@@ -280,7 +280,7 @@ async fn read_routes_need_the_read_token() {
 
 #[tokio::test]
 async fn rare_terms_are_found_through_the_index_and_in_the_unindexed_tail() {
-    use audithook::event::{normalise, Source};
+    use audithook::event::{normalise, Channel};
     use audithook::store::{Filter, StoreOptions};
     // The background indexer is off and the first pass over the newest events is skipped,
     // so each answer below comes from the index, the unindexed tail, or both.
@@ -301,7 +301,7 @@ async fn rare_terms_are_found_through_the_index_and_in_the_unindexed_tail() {
                 &format!("proj/p;tag-{}:env/e:flag/f-{i}", i % 3),
                 "m",
             );
-            normalise(e.to_string().as_bytes(), Source::Rest).unwrap()
+            normalise(e.to_string().as_bytes(), Channel::Rest).unwrap()
         })
         .collect();
     store.insert_many(events).await.unwrap();
@@ -378,7 +378,7 @@ async fn rare_terms_are_found_through_the_index_and_in_the_unindexed_tail() {
         "m",
     );
     store
-        .insert(normalise(late.to_string().as_bytes(), Source::Rest).unwrap())
+        .insert(normalise(late.to_string().as_bytes(), Channel::Rest).unwrap())
         .await
         .unwrap();
     assert_eq!(store.search_lag().await.unwrap(), 1);

@@ -373,7 +373,7 @@ async fn queue_explicit_ack_over_http() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["_id"].as_str().unwrap())
+        .map(|i| i["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["h3", "h4"]);
     let ack = |token: String| {
@@ -397,7 +397,7 @@ async fn queue_explicit_ack_over_http() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["_id"].as_str().unwrap())
+        .map(|i| i["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["h0", "h1", "h2"]);
     let r = ack(again["ack"].as_str().unwrap().to_owned())
@@ -494,7 +494,7 @@ async fn a_queue_batch_of_large_events_is_capped_in_bytes() {
                 break;
             }
             sizes.push(items.len());
-            seen.extend(items.iter().map(|i| i["_id"].as_str().unwrap().to_owned()));
+            seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
         }
     }
     // 8 MiB of ~900 KB events: 9 a batch.

@@ -318,7 +318,7 @@ pub async fn take_queue(
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["_id"].as_str().unwrap().to_owned())
+        .map(|i| i["id"].as_str().unwrap().to_owned())
         .collect()
 }
 

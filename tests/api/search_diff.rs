@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use audithook::event::{normalise, Source};
+use audithook::event::{normalise, Channel};
 use audithook::store::{Cursor, Filter, Store, StoreOptions};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -292,10 +292,7 @@ async fn store_answers(
         }
         match rows.last() {
             Some(last) if rows.len() == page => {
-                cursor = Some(Cursor {
-                    date: last.date,
-                    id: last.id.clone(),
-                })
+                cursor = Some(Cursor::of(last))
             }
             _ => break,
         }
@@ -320,7 +317,7 @@ pub(crate) async fn every_filter_matches_a_brute_force_scan(db: &TestDb) {
     let events: Vec<Value> = (0..400).map(|i| random_event(&mut rng, i)).collect();
     let new: Vec<_> = events
         .iter()
-        .map(|e| normalise(e.to_string().as_bytes(), Source::Rest).unwrap())
+        .map(|e| normalise(e.to_string().as_bytes(), Channel::Rest).unwrap())
         .collect();
     store.insert_many(new).await.unwrap();
     let filters: Vec<Filter> = (0..150).map(|_| random_filter(&mut rng)).collect();

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use audithook::event::{normalise, NewEvent, Source};
+use audithook::event::{normalise, Channel, NewEvent, Source};
 use audithook::store::{AckOutcome, BackfillWindow, Cursor, Filter, Inserted, Store};
 use serde_json::{json, Value};
 
@@ -60,7 +60,7 @@ async fn every_filter_matches_a_brute_force_scan(db: &TestDb) {
 }
 
 fn event(body: &Value) -> NewEvent {
-    normalise(body.to_string().as_bytes(), Source::Rest).expect("valid event")
+    normalise(body.to_string().as_bytes(), Channel::Rest).expect("valid event")
 }
 
 fn entry(id: &str, date: i64) -> Value {
@@ -128,21 +128,21 @@ async fn concurrent_inserts_of_one_event_store_it_once(db: &TestDb) {
 async fn get_returns_the_body_byte_for_byte(db: &TestDb) {
     let store = db.open().await;
     let body = "{ \"_id\" : \"raw1\",\n\t\"date\":1700000000123, \"name\":\"caf\\u00e9 \u{1F680}\", \"extra\": [1, 2.50, null] }";
-    let e = normalise(body.as_bytes(), Source::Hook).unwrap();
+    let e = normalise(body.as_bytes(), Channel::Hook).unwrap();
     store.insert(e).await.unwrap();
-    let got = store.get("raw1").await.unwrap().unwrap();
+    let got = store.get(Source::LaunchDarkly, "raw1").await.unwrap().unwrap();
     assert_eq!(got.raw, body);
     assert_eq!(got.date, 1700000000123);
-    assert!(store.get("raw2").await.unwrap().is_none());
+    assert!(store.get(Source::LaunchDarkly, "raw2").await.unwrap().is_none());
     store.close().await;
 }
 
 async fn text_with_nul_is_stored_and_found(db: &TestDb) {
     let store = db.open().await;
     let body = r#"{"_id":"nul1","date":1,"name":"before\u0000after","title":"x","accesses":[{"action":"up\u0000","resource":"proj/\u0000x"}]}"#;
-    let e = normalise(body.as_bytes(), Source::Hook).unwrap();
+    let e = normalise(body.as_bytes(), Channel::Hook).unwrap();
     assert_eq!(store.insert(e).await.unwrap(), Inserted::Stored);
-    assert_eq!(store.get("nul1").await.unwrap().unwrap().raw, body);
+    assert_eq!(store.get(Source::LaunchDarkly, "nul1").await.unwrap().unwrap().raw, body);
     let found = store
         .list_newest(
             &Filter {
@@ -221,10 +221,7 @@ async fn paging_is_exact_through_bursts_in_one_millisecond(db: &TestDb) {
         }
         assert!(page.len() <= 7);
         let last = page.last().unwrap();
-        cursor = Some(Cursor {
-            date: last.date,
-            id: last.id.clone(),
-        });
+        cursor = Some(Cursor::of(last));
         seen.extend(ids(&page));
     }
     assert_eq!(seen, expected);
@@ -694,12 +691,12 @@ async fn leases_exclude_other_holders_until_released_or_expired(db: &TestDb) {
 
 async fn newest_date_tracks_the_newest_event(db: &TestDb) {
     let store: Store = db.open().await;
-    assert_eq!(store.newest_date().await.unwrap(), None);
+    assert_eq!(store.newest_date(Source::LaunchDarkly).await.unwrap(), None);
     store
         .insert_many(vec![event(&entry("n1", 2000)), event(&entry("n2", 1500))])
         .await
         .unwrap();
-    assert_eq!(store.newest_date().await.unwrap(), Some(2000));
+    assert_eq!(store.newest_date(Source::LaunchDarkly).await.unwrap(), Some(2000));
     store.close().await;
 }
 
