@@ -19,7 +19,7 @@ mod fake_ld;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use audithook::backfill::{self, client::LdClient, Options};
+use audithook::sources::launchdarkly::{self, client::LdClient, Options};
 use audithook::event::{normalise, Channel};
 use audithook::metrics::Metrics;
 use audithook::store::Store;
@@ -203,7 +203,7 @@ fn main() {
         let client = LdClient::new(&fake.base, SecretString::from(fake.token().to_owned())).expect("client");
         let (store, db) = store_in(&dir, "a.db").await;
         let t = Instant::now();
-        let summary = backfill::run(&store, &client, Options { persist: true, ..Options::default() }).await.expect("backfill");
+        let summary = launchdarkly::run(&store, &client, Options { persist: true, ..Options::default() }).await.expect("backfill");
         let a_secs = t.elapsed().as_secs_f64();
         store.close().await;
         let a_count = count(&db);
@@ -239,7 +239,7 @@ fn main() {
         let client = LdClient::new(&fake.base, SecretString::from(fake.token().to_owned())).expect("client");
         let (store, db) = store_in(&dir, "b.db").await;
         let t = Instant::now();
-        let summary = backfill::run(&store, &client, Options::default()).await.expect("backfill");
+        let summary = launchdarkly::run(&store, &client, Options::default()).await.expect("backfill");
         let b_secs = t.elapsed().as_secs_f64();
         store.close().await;
         let requests = fake.stats().requests.load(Ordering::SeqCst);

@@ -154,7 +154,7 @@ impl std::fmt::Debug for Config {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::backfill::parse_duration(s)
+    crate::sources::launchdarkly::parse_duration(s)
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {

@@ -350,7 +350,7 @@ impl Application {
         );
         let store = state.store.clone();
         let catchup = state.cfg.ld_api_token.clone().map(|token| {
-            tokio::spawn(backfill::catchup::run_loop(
+            tokio::spawn(sources::launchdarkly::catchup::run_loop(
                 state.store.clone(),
                 state.cfg.ld_base_url.clone(),
                 token,
@@ -421,6 +421,6 @@ pub async fn shutdown_signal() {
         _ = terminate => {}
     }
 }
-pub mod backfill;
+pub mod sources;
 pub mod export;
 pub mod render;

@@ -93,7 +93,7 @@ struct BackfillArgs {
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
-    audithook::backfill::parse_time(s)
+    audithook::sources::launchdarkly::parse_time(s)
 }
 
 #[derive(clap::Args)]
@@ -232,7 +232,7 @@ fn located(template: &str, e: audithook::render::RenderFailure) -> anyhow::Error
 }
 
 async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
-    use audithook::backfill::{self, client::LdClient, policy::Policy, Options};
+    use audithook::sources::launchdarkly::{self, client::LdClient, policy::Policy, Options};
     let token = config.ld_api_token.clone().ok_or_else(|| {
         anyhow::anyhow!("LD_API_TOKEN is not set: create a LaunchDarkly API access token with read access to the audit log and export LD_API_TOKEN")
     })?;
@@ -262,7 +262,7 @@ async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
         persist: true,
         progress_bar: true,
     };
-    let result = backfill::run(&store, &client, opts).await;
+    let result = launchdarkly::run(&store, &client, opts).await;
     store.close().await;
     let summary = result?;
     let verb = if summary.resumed {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use audithook::backfill::{self, client::LdClient, policy::Policy, Options};
+use audithook::sources::launchdarkly::{self, client::LdClient, policy::Policy, Options};
 use audithook::metrics::Metrics;
 use audithook::store::Store;
 use secrecy::SecretString;
@@ -67,7 +67,7 @@ async fn backfill_fresh(
 ) -> (backfill::Summary, TestDb, FakeLd) {
     let fake = FakeLd::start(data, cfg).await;
     let (store, db) = open_store().await;
-    let summary = backfill::run(&store, &client(&fake), opts).await.unwrap();
+    let summary = launchdarkly::run(&store, &client(&fake), opts).await.unwrap();
     store.close().await;
     (summary, db, fake)
 }
@@ -193,7 +193,7 @@ async fn stops_at_once_on_a_bad_token_and_on_400() {
     let fake = FakeLd::start(&data, FakeConfig::default()).await;
     let (store, db) = open_store().await;
     let bad = LdClient::new(&fake.base, SecretString::from("wrong".to_owned())).unwrap();
-    let err = backfill::run(&store, &bad, Options::default())
+    let err = launchdarkly::run(&store, &bad, Options::default())
         .await
         .unwrap_err()
         .to_string();
@@ -213,7 +213,7 @@ async fn stops_at_once_on_a_bad_token_and_on_400() {
         },
     )
     .await;
-    let err = backfill::run(&store, &client(&fake400), Options::default())
+    let err = launchdarkly::run(&store, &client(&fake400), Options::default())
         .await
         .unwrap_err()
         .to_string();
@@ -260,7 +260,7 @@ async fn backfilled_entries_read_like_hook_entries() {
     let store = Store::open(&app.url, Arc::new(Metrics::new()))
         .await
         .unwrap();
-    backfill::run(&store, &client(&fake), Options::default())
+    launchdarkly::run(&store, &client(&fake), Options::default())
         .await
         .unwrap();
     store.close().await;
@@ -438,7 +438,7 @@ async fn catch_up_stops_its_pass_at_once_when_the_lease_is_lost() {
     let metrics = Arc::new(Metrics::new());
     let stop = tokio_util::sync::CancellationToken::new();
     // Interval 1 s: the lease lasts 3 s and is renewed every second.
-    let task = tokio::spawn(audithook::backfill::catchup::run_loop(
+    let task = tokio::spawn(audithook::sources::launchdarkly::catchup::run_loop(
         store.clone(),
         fake.base.clone(),
         SecretString::from(fake.token().to_owned()),

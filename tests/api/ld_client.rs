@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use audithook::backfill::client::{LdClient, LdError, MAX_PAGE_BYTES};
+use audithook::sources::launchdarkly::client::{LdClient, LdError, MAX_PAGE_BYTES};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
