@@ -64,7 +64,7 @@ async fn backfill_fresh(
     data: &[Value],
     cfg: FakeConfig,
     opts: Options,
-) -> (backfill::Summary, TestDb, FakeLd) {
+) -> (launchdarkly::Summary, TestDb, FakeLd) {
     let fake = FakeLd::start(data, cfg).await;
     let (store, db) = open_store().await;
     let summary = launchdarkly::run(&store, &client(&fake), opts).await.unwrap();
