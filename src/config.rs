@@ -123,6 +123,88 @@ pub struct Config {
         global = true
     )]
     pub ld_base_url: String,
+
+    /// Terraform Cloud organization token or audit-trail token; `serve` polls when set.
+    #[arg(long, env = "TFC_API_TOKEN", value_parser = parse_secret, hide_env_values = true, global = true)]
+    pub tfc_api_token: Option<SecretString>,
+
+    /// Terraform Cloud (or Terraform Enterprise) base URL.
+    #[arg(long, env = "TFC_BASE_URL", default_value = "https://app.terraform.io", global = true)]
+    pub tfc_base_url: String,
+
+    /// Carbon Black Cloud API ID (of a key with READ on org.audits).
+    #[arg(long, env = "CBC_API_ID", global = true)]
+    pub cbc_api_id: Option<String>,
+
+    /// Carbon Black Cloud API secret key.
+    #[arg(long, env = "CBC_API_SECRET", value_parser = parse_secret, hide_env_values = true, global = true)]
+    pub cbc_api_secret: Option<SecretString>,
+
+    /// Carbon Black Cloud org key.
+    #[arg(long, env = "CBC_ORG_KEY", global = true)]
+    pub cbc_org_key: Option<String>,
+
+    /// Carbon Black Cloud regional base URL (https://defense.conferdeploy.net and so on).
+    #[arg(long, env = "CBC_BASE_URL", global = true)]
+    pub cbc_base_url: Option<String>,
+
+    /// How often `serve` polls Terraform Cloud and Carbon Black Cloud.
+    #[arg(long, env = "AUDITHOOK_POLL_INTERVAL", default_value = "1m", value_parser = parse_duration, global = true)]
+    pub poll_interval: std::time::Duration,
+}
+
+impl Config {
+    /// The Terraform Cloud client, when TFC_API_TOKEN is set; an error naming the variable
+    /// when a setting is malformed.
+    pub fn tfc_client(&self) -> Result<Option<crate::sources::tfc::client::TfcClient>, String> {
+        use crate::sources::tfc::client::{TfcClient, RATE};
+        let Some(token) = &self.tfc_api_token else {
+            return Ok(None);
+        };
+        if secrecy::ExposeSecret::expose_secret(token).trim().is_empty() {
+            return Err("TFC_API_TOKEN is set but empty".into());
+        }
+        TfcClient::new(&self.tfc_base_url, token.clone(), RATE)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The Carbon Black Cloud client, when all four CBC_* variables are set; an error
+    /// naming what is missing when only some are, or what is malformed.
+    pub fn cbc_client(&self) -> Result<Option<crate::sources::cbc::client::CbcClient>, String> {
+        use secrecy::ExposeSecret;
+        let set = |v: Option<&str>| v.is_some_and(|s| !s.trim().is_empty());
+        let vars = [
+            ("CBC_API_ID", set(self.cbc_api_id.as_deref())),
+            (
+                "CBC_API_SECRET",
+                set(self.cbc_api_secret.as_ref().map(|s| s.expose_secret())),
+            ),
+            ("CBC_ORG_KEY", set(self.cbc_org_key.as_deref())),
+            ("CBC_BASE_URL", set(self.cbc_base_url.as_deref())),
+        ];
+        let missing: Vec<&str> = vars.iter().filter(|(_, s)| !s).map(|(n, _)| *n).collect();
+        if missing.len() == vars.len() {
+            return Ok(None);
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "Carbon Black Cloud needs CBC_API_ID, CBC_API_SECRET, CBC_ORG_KEY and CBC_BASE_URL; {} not set",
+                missing.join(", ")
+            ));
+        }
+        let (Some(id), Some(secret), Some(org), Some(base)) = (
+            &self.cbc_api_id,
+            &self.cbc_api_secret,
+            &self.cbc_org_key,
+            &self.cbc_base_url,
+        ) else {
+            return Ok(None);
+        };
+        crate::sources::cbc::client::CbcClient::new(base.trim(), id.trim(), secret, org.trim())
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -149,6 +231,13 @@ impl std::fmt::Debug for Config {
             .field("catchup_interval", &self.catchup_interval)
             .field("catchup_overlap", &self.catchup_overlap)
             .field("ld_base_url", &self.ld_base_url)
+            .field("tfc_api_token", &secret(&self.tfc_api_token))
+            .field("tfc_base_url", &self.tfc_base_url)
+            .field("cbc_api_id", &self.cbc_api_id)
+            .field("cbc_api_secret", &secret(&self.cbc_api_secret))
+            .field("cbc_org_key", &self.cbc_org_key)
+            .field("cbc_base_url", &self.cbc_base_url)
+            .field("poll_interval", &self.poll_interval)
             .finish()
     }
 }
@@ -185,6 +274,13 @@ impl Config {
             catchup_interval: std::time::Duration::from_secs(600),
             catchup_overlap: std::time::Duration::from_secs(3600),
             ld_base_url: "https://app.launchdarkly.com".into(),
+            tfc_api_token: None,
+            tfc_base_url: "https://app.terraform.io".into(),
+            cbc_api_id: None,
+            cbc_api_secret: None,
+            cbc_org_key: None,
+            cbc_base_url: None,
+            poll_interval: std::time::Duration::from_secs(60),
         }
     }
 }

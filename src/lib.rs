@@ -272,6 +272,9 @@ pub struct Application {
     shutdown: CancellationToken,
     /// Set when the service serves HTTPS itself.
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    /// Sources polled (those with credentials).
+    tfc: Option<sources::tfc::client::TfcClient>,
+    cbc: Option<sources::cbc::client::CbcClient>,
 }
 
 /// The TLS configuration from `AUDITHOOK_TLS_CERT` and `AUDITHOOK_TLS_KEY`: both or neither.
@@ -304,6 +307,8 @@ impl Application {
     pub async fn build(cfg: Config) -> anyhow::Result<Self> {
         let listen = cfg.listen;
         let tls = load_tls(&cfg).await?;
+        let tfc = cfg.tfc_client().map_err(anyhow::Error::msg)?;
+        let cbc = cfg.cbc_client().map_err(anyhow::Error::msg)?;
         let state = build_state(cfg).await?;
         let listener = TcpListener::bind(listen)
             .await
@@ -314,6 +319,8 @@ impl Application {
             state,
             shutdown,
             tls,
+            tfc,
+            cbc,
         })
     }
 
@@ -342,7 +349,27 @@ impl Application {
             state,
             shutdown,
             tls,
+            tfc,
+            cbc,
         } = self;
+        let tfc = tfc.map(|client| {
+            tokio::spawn(sources::tfc::poll_loop(
+                state.store.clone(),
+                client,
+                state.cfg.poll_interval,
+                state.metrics.clone(),
+                shutdown.child_token(),
+            ))
+        });
+        let cbc = cbc.map(|client| {
+            tokio::spawn(sources::cbc::poll_loop(
+                state.store.clone(),
+                client,
+                state.cfg.poll_interval,
+                state.metrics.clone(),
+                shutdown.child_token(),
+            ))
+        });
         tracing::info!(
             addr = %listener.local_addr()?,
             tls = tls.is_some(),
@@ -391,7 +418,7 @@ impl Application {
             }
         }
         shutdown.cancel();
-        if let Some(task) = catchup {
+        for task in [catchup, tfc, cbc].into_iter().flatten() {
             let _ = task.await;
         }
         store.close().await;

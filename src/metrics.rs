@@ -29,6 +29,19 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Labels of a per-source metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+/// Labels of a per-source poll.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceResultLabels {
+    pub source: &'static str,
+    pub result: &'static str,
+}
+
 /// Every metric audithook exports.
 pub struct Metrics {
     registry: Registry,
@@ -47,6 +60,13 @@ pub struct Metrics {
     pub ld_rate_limited: Counter,
     pub search_unindexed: Gauge,
     pub renders_running: Gauge,
+    pub source_requests: Family<SourceLabel, Counter>,
+    pub source_rate_limited: Family<SourceLabel, Counter>,
+    pub source_events_new: Family<SourceLabel, Counter>,
+    pub source_last_success: Family<SourceLabel, Gauge>,
+    pub source_lag: Family<SourceLabel, Gauge>,
+    pub source_polls: Family<SourceResultLabels, Counter>,
+    pub source_lease_held: Family<SourceLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -151,7 +171,56 @@ impl Metrics {
             "LaunchDarkly API requests answered 429",
             ld_rate_limited.clone(),
         );
+        let source_requests = Family::<SourceLabel, Counter>::default();
+        let source_rate_limited = Family::<SourceLabel, Counter>::default();
+        let source_events_new = Family::<SourceLabel, Counter>::default();
+        let source_last_success = Family::<SourceLabel, Gauge>::default();
+        let source_lag = Family::<SourceLabel, Gauge>::default();
+        let source_polls = Family::<SourceResultLabels, Counter>::default();
+        let source_lease_held = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "source_requests",
+            "Requests sent to a source's API (launchdarkly, tfc, cbc)",
+            source_requests.clone(),
+        );
+        registry.register(
+            "source_rate_limited",
+            "Requests to a source's API answered 429",
+            source_rate_limited.clone(),
+        );
+        registry.register(
+            "source_events_new",
+            "Events a source's poller stored that were not stored before",
+            source_events_new.clone(),
+        );
+        registry.register(
+            "source_last_success_timestamp_seconds",
+            "When a source's last poll succeeded (Unix seconds)",
+            source_last_success.clone(),
+        );
+        registry.register(
+            "source_lag_seconds",
+            "Now minus the time of the source's newest stored event, at its last successful poll",
+            source_lag.clone(),
+        );
+        registry.register(
+            "source_polls",
+            "Polls of a source, by result (ok, error, lease_lost)",
+            source_polls.clone(),
+        );
+        registry.register(
+            "source_lease_held",
+            "1 while this instance holds the source's polling lease",
+            source_lease_held.clone(),
+        );
         Self {
+            source_requests,
+            source_rate_limited,
+            source_events_new,
+            source_last_success,
+            source_lag,
+            source_polls,
+            source_lease_held,
             catchup_runs,
             catchup_new_events,
             catchup_last_success,

@@ -33,6 +33,21 @@ pub async fn run_once(
         ..Options::default()
     };
     let result = run(store, &client, opts).await;
+    let label = crate::metrics::SourceLabel {
+        source: "launchdarkly",
+    };
+    metrics.source_requests.get_or_create(&label).inc_by(
+        client
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    metrics.source_rate_limited.get_or_create(&label).inc_by(
+        client
+            .stats
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     metrics.ld_requests.inc_by(
         client
             .stats
@@ -56,6 +71,8 @@ pub async fn run_once(
                 .inc();
             metrics.catchup_new_events.inc_by(s.new);
             metrics.catchup_last_success.set(now / 1000);
+            crate::sources::record_pass(store, metrics, crate::event::Source::LaunchDarkly, s.new)
+                .await;
         }
         Err(_) => {
             metrics
@@ -67,33 +84,36 @@ pub async fn run_once(
     result
 }
 
-/// How a catch-up pass ended.
-enum Pass {
-    Done(Result<Summary, BackfillError>),
-    Stopped,
-    LeaseLost(String),
-}
-
 /// The lease that makes one instance of several run catch-up.
 const LEASE: &str = "catchup";
 
-/// How long the catch-up lease lasts unless renewed: three intervals, between 3 s and 60 s.
-/// The holder renews it every third of that, so a standby takes over within one lease time
-/// of the holder's death.
+/// How long the catch-up lease lasts unless renewed (see [`crate::sources::lease_ttl`]).
 pub fn lease_ttl(interval: Duration) -> Duration {
-    (interval * 3).clamp(Duration::from_secs(3), Duration::from_secs(60))
+    crate::sources::lease_ttl(interval)
 }
 
-/// This process's name as a lease holder: host, pid and a random part.
-fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
-    format!(
-        "{host}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
+/// Lease-loop events reported as catch-up metrics.
+struct CatchupEvents<'a>(&'a Metrics);
+
+impl crate::sources::LoopEvents for CatchupEvents<'_> {
+    fn lease(&self, held: bool) {
+        self.0.catchup_lease_held.set(i64::from(held));
+        self.0
+            .source_lease_held
+            .get_or_create(&crate::metrics::SourceLabel {
+                source: "launchdarkly",
+            })
+            .set(i64::from(held));
+    }
+
+    fn pass_lost(&self) {
+        self.0
+            .catchup_runs
+            .get_or_create(&ResultLabel {
+                result: "lease_lost",
+            })
+            .inc();
+    }
 }
 
 /// Runs catch-up every `interval` until `stop` is cancelled, in whichever instance holds the
@@ -108,96 +128,22 @@ pub async fn run_loop(
     metrics: std::sync::Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let holder = instance_id();
-    let ttl = lease_ttl(interval);
-    let renew = ttl / 3;
     tracing::info!(
         interval_s = interval.as_secs(),
         overlap_s = overlap.as_secs(),
-        lease_s = ttl.as_secs(),
-        holder = %holder,
+        lease_s = lease_ttl(interval).as_secs(),
         "catch-up from LaunchDarkly enabled"
     );
-    let mut held = false;
-    let mut next_pass = tokio::time::Instant::now();
-    loop {
-        let now_held = match store.lease_acquire(LEASE, &holder, ttl).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot renew the catch-up lease");
-                false
-            }
-        };
-        if now_held != held {
-            if now_held {
-                tracing::info!("took the catch-up lease: this instance runs catch-up");
-            } else {
-                tracing::info!("catch-up lease held elsewhere: this instance stands by");
-            }
-            held = now_held;
-            metrics.catchup_lease_held.set(i64::from(held));
-        }
-        if held && tokio::time::Instant::now() >= next_pass {
-            let pass = run_once(&store, &base_url, &token, overlap, &metrics);
-            tokio::pin!(pass);
-            let mut ticker = tokio::time::interval(renew);
-            ticker.tick().await;
-            let outcome = loop {
-                tokio::select! {
-                    r = &mut pass => break Pass::Done(r),
-                    _ = stop.cancelled() => break Pass::Stopped,
-                    _ = ticker.tick() => {
-                        // A long pass keeps the lease, and stops at once when it cannot:
-                        // another instance may take it over, and two passes must not run.
-                        match store.lease_acquire(LEASE, &holder, ttl).await {
-                            Ok(true) => {}
-                            Ok(false) => break Pass::LeaseLost("another instance holds it".into()),
-                            Err(e) => break Pass::LeaseLost(e.to_string()),
-                        }
-                    }
-                }
-            };
-            match outcome {
-                Pass::Stopped => break,
-                Pass::LeaseLost(why) => {
-                    tracing::warn!(reason = %why, "lost the catch-up lease mid-pass; stopped the pass");
-                    held = false;
-                    metrics.catchup_lease_held.set(0);
-                    metrics
-                        .catchup_runs
-                        .get_or_create(&ResultLabel {
-                            result: "lease_lost",
-                        })
-                        .inc();
-                    next_pass = tokio::time::Instant::now();
-                }
-                Pass::Done(Ok(s)) => tracing::info!(
-                    new = s.new,
-                    duplicates = s.duplicates,
-                    requests = s.requests,
-                    "catch-up done: {s}"
-                ),
-                Pass::Done(Err(e)) => {
-                    tracing::warn!(error = %e, "catch-up failed; retrying at the next interval")
-                }
-            }
-            if held {
-                next_pass = tokio::time::Instant::now() + interval;
-            }
-        }
-        let wake = if held {
-            next_pass.min(tokio::time::Instant::now() + renew)
-        } else {
-            tokio::time::Instant::now() + renew
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {}
-            _ = stop.cancelled() => break,
-        }
-    }
-    if held {
-        // Hand over at once rather than after the lease runs out.
-        let _ = store.lease_release(LEASE, &holder).await;
-        metrics.catchup_lease_held.set(0);
-    }
+    let events = CatchupEvents(&metrics);
+    crate::sources::lease_loop(&store, LEASE, interval, &stop, &events, || async {
+        let s = run_once(&store, &base_url, &token, overlap, &metrics).await?;
+        tracing::info!(
+            new = s.new,
+            duplicates = s.duplicates,
+            requests = s.requests,
+            "catch-up done: {s}"
+        );
+        Ok::<(), BackfillError>(())
+    })
+    .await;
 }
