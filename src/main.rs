@@ -27,7 +27,8 @@ enum Command {
     Migrate,
     /// Render a template to stdout, like the framework's `npm run preview`.
     Preview(PreviewArgs),
-    /// Pull history from LaunchDarkly's REST API into the store (resumable).
+    /// Pull a source's history into the store (resumable): LaunchDarkly (default),
+    /// Terraform Cloud or Carbon Black Cloud.
     Backfill(BackfillArgs),
     /// Write the archive as CSV or NDJSON, oldest first, streaming.
     Export(ExportArgs),
@@ -59,6 +60,12 @@ struct ExportArgs {
     /// Text search.
     #[arg(long)]
     q: Option<String>,
+    /// Source: `launchdarkly`, `tfc` or `cbc` (repeatable; default every source).
+    #[arg(long, value_enum)]
+    source: Vec<SourceArg>,
+    /// Actor, as the envelope's `actor` (repeatable).
+    #[arg(long)]
+    actor: Vec<String>,
     /// Resource specifier (`*` globs).
     #[arg(long)]
     spec: Option<String>,
@@ -76,9 +83,21 @@ struct ExportArgs {
     output: Option<std::path::PathBuf>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SourceArg {
+    Launchdarkly,
+    Tfc,
+    Cbc,
+}
+
 #[derive(clap::Args)]
 struct BackfillArgs {
-    /// Only entries after T (epoch ms or RFC 3339); default: everything LaunchDarkly has.
+    /// Which source: `launchdarkly` (LD_API_TOKEN), `tfc` (TFC_API_TOKEN) or `cbc`
+    /// (CBC_API_ID, CBC_API_SECRET, CBC_ORG_KEY, CBC_BASE_URL).
+    #[arg(long, value_enum, default_value = "launchdarkly")]
+    source: SourceArg,
+    /// Only entries after T (epoch ms or RFC 3339). Default: everything LaunchDarkly has;
+    /// Terraform Cloud's 14 days; Carbon Black Cloud's last 30 days.
     #[arg(long, value_parser = parse_time)]
     after: Option<i64>,
     /// Only entries before T (epoch ms or RFC 3339); default: now.
@@ -231,8 +250,96 @@ fn located(template: &str, e: audithook::render::RenderFailure) -> anyhow::Error
     }
 }
 
+fn source_of(s: SourceArg) -> audithook::event::Source {
+    use audithook::event::Source;
+    match s {
+        SourceArg::Launchdarkly => Source::LaunchDarkly,
+        SourceArg::Tfc => Source::Tfc,
+        SourceArg::Cbc => Source::Cbc,
+    }
+}
+
+/// A progress bar on a terminal (none otherwise: the run logs as it goes).
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    })
+}
+
+/// `backfill --source tfc|cbc`.
+async fn backfill_source(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
+    use audithook::sources::{cbc, tfc};
+    let now = chrono::Utc::now().timestamp_millis();
+    if let (Some(a), Some(b)) = (args.after, args.before) {
+        anyhow::ensure!(a < b, "--after must be earlier than --before");
+    }
+    anyhow::ensure!(
+        args.policy.is_none(),
+        "--policy applies to LaunchDarkly's entries only"
+    );
+    let concurrency = usize::from(args.concurrency);
+    anyhow::ensure!(
+        args.source != SourceArg::Tfc || args.before.is_none(),
+        "Terraform Cloud's API reads only forward from a time: --before does not apply to --source tfc"
+    );
+    let store = || async {
+        Store::open_with(
+            &config.database_url,
+            config.database_max_connections,
+            std::sync::Arc::new(Metrics::new()),
+        )
+        .await
+    };
+    let bar = progress_bar();
+    let (store, result) = match args.source {
+        SourceArg::Tfc => {
+            let client = config.tfc_client().map_err(anyhow::Error::msg)?.ok_or_else(|| {
+                anyhow::anyhow!("TFC_API_TOKEN is not set: create an organization token (or the audit-trail token) in Terraform Cloud's organization settings and export TFC_API_TOKEN")
+            })?;
+            let store = store().await?;
+            let after = args.after.unwrap_or_else(|| tfc::oldest_since(now));
+            let result = tfc::run(&store, &client, after, concurrency, bar.as_ref())
+                .await
+                .map(|s| (s.resumed, s.to_string()));
+            (store, result)
+        }
+        _ => {
+            let client = config.cbc_client().map_err(anyhow::Error::msg)?.ok_or_else(|| {
+                anyhow::anyhow!("Carbon Black Cloud is not configured: set CBC_API_ID, CBC_API_SECRET, CBC_ORG_KEY and CBC_BASE_URL (an API key with READ on org.audits)")
+            })?;
+            let store = store().await?;
+            let after = args.after.unwrap_or(now - 30 * 24 * 3600 * 1000);
+            let before = args.before.unwrap_or(now);
+            let result = cbc::run(&store, &client, after, before, concurrency, bar.as_ref())
+                .await
+                .map(|s| (s.resumed, s.to_string()));
+            (store, result)
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    store.close().await;
+    let (resumed, summary) = result?;
+    let verb = if resumed { "resumed and finished" } else { "finished" };
+    eprintln!("backfill {verb}: {summary}");
+    Ok(())
+}
+
 async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
     use audithook::sources::launchdarkly::{self, client::LdClient, policy::Policy, Options};
+    if args.source != SourceArg::Launchdarkly {
+        return backfill_source(config, args).await;
+    }
     let token = config.ld_api_token.clone().ok_or_else(|| {
         anyhow::anyhow!("LD_API_TOKEN is not set: create a LaunchDarkly API access token with read access to the audit log and export LD_API_TOKEN")
     })?;
@@ -294,6 +401,8 @@ async fn export(config: Config, args: ExportArgs) -> anyhow::Result<()> {
         q: args.q,
         spec: args.spec,
         members: args.member,
+        sources: args.source.iter().map(|s| source_of(*s).as_str().to_owned()).collect(),
+        actors: args.actor,
         kinds: args.kind,
         actions: args.action,
         ..Default::default()

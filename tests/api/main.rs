@@ -12,9 +12,14 @@ mod search_diff;
 mod skips;
 mod store;
 mod templates;
+mod tfc;
 mod tls;
 mod webhook;
 
+#[path = "../support/fake_cbc.rs"]
+mod fake_cbc;
+#[path = "../support/fake_tfc.rs"]
+mod fake_tfc;
 #[path = "../support/fake_ld.rs"]
 mod fake_ld;
 #[path = "../support/pg.rs"]

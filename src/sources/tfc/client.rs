@@ -22,6 +22,8 @@ pub struct Page {
     pub total_count: u64,
     pub total_pages: u64,
     pub next_page: Option<u64>,
+    /// The page size the server used (it may hold a smaller maximum than asked for).
+    pub page_size: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -33,6 +35,8 @@ struct PageIn<'a> {
 
 #[derive(Deserialize)]
 struct Pagination {
+    #[serde(default)]
+    page_size: Option<u64>,
     next_page: Option<u64>,
     total_pages: u64,
     total_count: u64,
@@ -114,5 +118,6 @@ pub fn parse_page(body: &[u8]) -> Result<Page, String> {
         total_count: page.pagination.total_count,
         total_pages: page.pagination.total_pages,
         next_page: page.pagination.next_page,
+        page_size: page.pagination.page_size.filter(|s| *s > 0),
     })
 }

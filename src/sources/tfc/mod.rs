@@ -257,20 +257,30 @@ async fn walk(
     bar: Option<&indicatif::ProgressBar>,
     summary: &mut Summary,
 ) -> Result<(), SourceError> {
-    let size = u64::from(client.page_size);
+    let asked = u64::from(client.page_size);
     // Where to start: every event newer than `covered` is stored, so at least that many
     // come first in the listing.
-    let mut start = 1;
-    if let Some(c) = covered {
-        let filter = Filter {
-            sources: vec![Source::Tfc.as_str().to_owned()],
-            after: Some(c),
-            ..Filter::default()
-        };
-        start = store.count(&filter).await? / size + 1;
-    }
+    let stored_newer = match covered {
+        Some(c) => {
+            let filter = Filter {
+                sources: vec![Source::Tfc.as_str().to_owned()],
+                after: Some(c),
+                ..Filter::default()
+            };
+            Some(store.count(&filter).await?)
+        }
+        None => None,
+    };
+    let mut start = stored_newer.map_or(1, |n| n / asked + 1);
     let mut first = client.page(since, start).await?;
     summary.pages += 1;
+    let size = first.page_size.unwrap_or(asked).max(1);
+    if let Some(n) = stored_newer.filter(|_| size != asked) {
+        // The server pages by fewer than asked: place the start by its size.
+        start = n / size + 1;
+        first = client.page(since, start).await?;
+        summary.pages += 1;
+    }
     if start > 1
         && covered.is_some_and(|c| first.events.first().is_some_and(|e| e.date < c))
     {
@@ -335,7 +345,7 @@ async fn walk(
         while let Some(next) = done.get(&(verified + 1)).cloned() {
             let prev = done[&verified].clone();
             if next.total_count < prev.total_count {
-                repair(store, client, since, &prev, &next, summary).await?;
+                repair(store, client, since, size, &prev, &next, summary).await?;
             }
             verified += 1;
         }
@@ -384,6 +394,7 @@ async fn repair(
     store: &Store,
     client: &TfcClient,
     since: i64,
+    size: u64,
     prev: &Walked,
     next: &Walked,
     summary: &mut Summary,
@@ -393,7 +404,6 @@ async fn repair(
     };
     summary.repaired += 1;
     tracing::debug!(source = "tfc", page = prev.page, "re-reading a page boundary that shifted during the walk");
-    let size = u64::from(client.page_size);
     // Where `prev`'s last item is now: its offset then, moved down by the events created
     // since (the growth of the count).
     let probe = client.page(since, 1).await?;
