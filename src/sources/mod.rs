@@ -30,7 +30,7 @@ pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Attempts for one request on 5xx, 408, timeouts, dropped connections and answers that
 /// are not the documented JSON.
-pub const MAX_ATTEMPTS: u32 = 8;
+pub const MAX_ATTEMPTS: u32 = 10;
 /// 429s waited out for one request before giving up.
 const MAX_RATE_LIMIT_WAITS: u32 = 100;
 /// Longest backoff between attempts.
@@ -209,6 +209,8 @@ pub struct Fetcher {
     pub stats: Arc<FetchStats>,
     /// Longest rate-limit wait accepted.
     pub max_wait: Duration,
+    /// Longest backoff between attempts (tests shorten it).
+    pub max_backoff: Duration,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -240,6 +242,7 @@ impl Fetcher {
             pacer: Arc::new(Pacer::new(per_second)),
             stats: Arc::default(),
             max_wait: MAX_RATE_LIMIT_WAIT,
+            max_backoff: MAX_BACKOFF,
         })
     }
 
@@ -353,7 +356,7 @@ impl Fetcher {
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(source = %self.source, path, attempt = attempts, error = %failure, "retrying");
-            tokio::time::sleep(backoff(attempts)).await;
+            tokio::time::sleep(backoff(attempts).min(self.max_backoff)).await;
         }
     }
 

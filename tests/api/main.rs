@@ -1,6 +1,7 @@
 //! Integration tests: the real app on port 0, a fresh SQLite file each, real HTTP.
 
 mod auditlog;
+mod cbc;
 mod backfill;
 mod conformance;
 mod errors;

@@ -154,7 +154,7 @@ async fn a_bad_page_fails_naming_source_path_and_problem_and_commits_nothing() {
     let db = TestDb::for_backend().await;
     let store = open(&db).await;
     let mut c = client(&fake, 100);
-    c.fetcher.max_wait = Duration::from_millis(10);
+    c.fetcher.max_backoff = Duration::from_millis(20);
     let err = tfc::run(&store, &c, 0, 4, None).await.unwrap_err().to_string();
     assert!(err.starts_with("tfc: /api/v2/organization/audit-trail: "), "{err}");
     assert!(err.contains("`timestamp` is 5, not a string"), "{err}");
