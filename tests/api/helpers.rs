@@ -286,6 +286,24 @@ pub fn exec_sql(url: &str, sql: &str) -> u64 {
     }
 }
 
+/// Runs a script of statements on the database at `url`, without the app.
+pub fn exec_batch(url: &str, sql: &str) {
+    match audithook::store::sqlite::path_from_url(url) {
+        Some(path) => {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+        None => {
+            let (url, sql) = (url.to_owned(), sql.to_owned());
+            on_own_runtime(async move {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
+                pool.close().await;
+            })
+        }
+    }
+}
+
 /// The raw body of one event stored in the database at `url`, read without the app.
 pub fn stored_raw_at(url: &str, id: &str) -> Option<String> {
     match audithook::store::sqlite::path_from_url(url) {

@@ -9,7 +9,7 @@ use audithook::event::{normalise, Channel, NewEvent, Source};
 use audithook::store::{AckOutcome, BackfillWindow, Cursor, Filter, Inserted, Store};
 use serde_json::{json, Value};
 
-use crate::helpers::TestDb;
+use crate::helpers::{exec_batch, TestDb};
 use crate::search_diff;
 
 /// Declares each case once per backend: `sqlite::NAME` and `postgres::NAME`.
@@ -53,7 +53,157 @@ store_suite!(
     newest_date_tracks_the_newest_event,
     every_filter_matches_a_brute_force_scan,
     explicit_acks_redeliver_what_was_not_acknowledged,
+    migration_carries_launchdarkly_events_over_to_source_identity,
+    one_id_in_two_sources_is_two_events,
 );
+
+/// The migrations before the multi-source one, as an archive written by the previous
+/// release has them applied.
+fn old_migrations(backend: &str) -> Vec<(i64, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_owned();
+            let version: i64 = name.split('_').next()?.parse().ok()?;
+            (version < 20261130000000).then(|| (version, std::fs::read_to_string(&p).unwrap()))
+        })
+        .collect()
+}
+
+fn sql_text(s: Option<&str>) -> String {
+    match s {
+        Some(s) => format!("'{}'", s.replace('\'', "''")),
+        None => "NULL".into(),
+    }
+}
+
+async fn migration_carries_launchdarkly_events_over_to_source_identity(db: &TestDb) {
+    let backend = if db.url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+    let mut script = String::from(
+        "CREATE TABLE IF NOT EXISTS _migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
+    );
+    for (version, sql) in old_migrations(backend) {
+        script.push_str(&sql);
+        script.push_str(&format!(
+            "\nINSERT INTO _migrations (version, applied_at) VALUES ({version}, 0);\n"
+        ));
+    }
+    // Events as the previous release stored them: member with email; token only; neither;
+    // no accesses; a hook delivery.
+    let bodies = [
+        (json!({"_id": "m1", "date": 100, "kind": "flag", "title": "Sandy turned on x",
+                "member": {"_id": "mem1", "email": "sandy@example.com", "firstName": "Sandy"},
+                "accesses": [{"action": "updateOn", "resource": "proj/p:env/e:flag/x"},
+                             {"action": "updateRules", "resource": "proj/p:env/e:flag/x"}]}), Channel::Hook),
+        (json!({"_id": "t1", "date": 100, "kind": "flag", "title": "Token did it",
+                "token": {"_id": "tok1", "name": "ci token"},
+                "accesses": [{"action": "createFlag", "resource": "proj/p:env/*:flag/y"}]}), Channel::Rest),
+        (json!({"_id": "n1", "date": 50, "kind": "project", "title": "someone",
+                "member": {"_id": "mem2"}}), Channel::Rest),
+        (json!({"_id": "e1", "date": 200, "title": ""}), Channel::Rest),
+    ];
+    for (seq, (body, channel)) in bodies.iter().enumerate() {
+        let e = normalise(body.to_string().as_bytes(), *channel).unwrap();
+        script.push_str(&format!(
+            "INSERT INTO events (seq, id, date, kind, name, title, member_id, member_email, token_id, \
+             accesses, resources, search, source, received_at, raw) VALUES \
+             ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 0, {});\n",
+            seq + 1,
+            sql_text(Some(&e.id)),
+            e.date,
+            sql_text(Some(&e.kind)),
+            sql_text(Some(&e.name)),
+            sql_text(Some(&e.title)),
+            sql_text(e.member_id.as_deref()),
+            sql_text(e.member_email.as_deref()),
+            sql_text(e.token_id.as_deref()),
+            sql_text(Some(&e.accesses)),
+            sql_text(Some(&e.resources)),
+            sql_text(Some(&e.search)),
+            sql_text(Some(channel.as_str())),
+            sql_text(Some(&e.raw)),
+        ));
+    }
+    if backend == "postgres" {
+        script.push_str("SELECT setval(pg_get_serial_sequence('events', 'seq'), 4);\n");
+    }
+    exec_batch(&db.url, &script);
+    let store = db.open().await;
+    // Every event is LaunchDarkly's now, with the envelope the normaliser gives it.
+    for (seq, (body, channel)) in bodies.iter().enumerate() {
+        let e = normalise(body.to_string().as_bytes(), *channel).unwrap();
+        let got = store.get(Source::LaunchDarkly, &e.id).await.unwrap().unwrap();
+        assert_eq!(got.seq, seq as i64 + 1);
+        assert_eq!(got.raw, e.raw);
+        assert_eq!(got.source, "launchdarkly");
+        assert_eq!(
+            (got.actor.as_str(), got.action.as_str(), got.resource.as_str(), got.summary.as_str()),
+            (e.actor.as_str(), e.action.as_str(), e.resource.as_str(), e.summary.as_str()),
+            "{}",
+            e.id
+        );
+    }
+    assert_eq!(
+        crate::helpers::query_strings(&db.url, "SELECT actor FROM events ORDER BY seq"),
+        ["sandy@example.com", "ci token", "mem2", ""]
+    );
+    assert_eq!(
+        crate::helpers::query_strings(&db.url, "SELECT channel FROM events ORDER BY seq"),
+        ["hook", "rest", "rest", "rest"]
+    );
+    // Identity is (source, id): the same `_id` again is a duplicate; new events follow.
+    let again = normalise(bodies[0].0.to_string().as_bytes(), Channel::Rest).unwrap();
+    assert_eq!(store.insert(again).await.unwrap(), Inserted::Duplicate);
+    assert_eq!(store.insert(event(&entry("z9", 300))).await.unwrap(), Inserted::Stored);
+    // (Postgres may skip sequence numbers a duplicate drew: arrival order, not a count.)
+    assert!(store.get(Source::LaunchDarkly, "z9").await.unwrap().unwrap().seq > 4);
+    store.close().await;
+}
+
+async fn one_id_in_two_sources_is_two_events(db: &TestDb) {
+    let store = db.open().await;
+    let ld = event(&entry("same", 100));
+    let tfc = audithook::sources::tfc::normalise(
+        r#"{"id":"same","version":"0","type":"Resource","timestamp":"1970-01-01T00:00:00.100Z",
+            "auth":{"description":"pat"},"resource":{"id":"ws-1","type":"workspace","action":"update"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        store.insert_many(vec![ld.clone(), tfc.clone()]).await.unwrap(),
+        vec![Inserted::Stored, Inserted::Stored]
+    );
+    assert_eq!(
+        store.insert_many(vec![tfc, ld]).await.unwrap(),
+        vec![Inserted::Duplicate, Inserted::Duplicate]
+    );
+    // Same date and id: the source breaks the tie, newest first (tfc > launchdarkly).
+    let all = store.list_newest(&Filter::default(), None, 10).await.unwrap();
+    let got: Vec<(&str, &str)> = all.iter().map(|e| (e.source.as_str(), e.id.as_str())).collect();
+    assert_eq!(got, [("tfc", "same"), ("launchdarkly", "same")]);
+    let page2 = store
+        .list_newest(&Filter::default(), Some(&Cursor::of(&all[0])), 10)
+        .await
+        .unwrap();
+    assert_eq!(page2.len(), 1);
+    assert_eq!(page2[0].source, "launchdarkly");
+    let tfc_only = Filter {
+        sources: vec!["tfc".into()],
+        ..Filter::default()
+    };
+    assert_eq!(store.count(&tfc_only).await.unwrap(), 1);
+    let got = store.get(Source::Tfc, "same").await.unwrap().unwrap();
+    assert_eq!(
+        (got.actor.as_str(), got.action.as_str(), got.resource.as_str()),
+        ("pat", "update", "workspace/ws-1")
+    );
+    store.close().await;
+}
 
 async fn every_filter_matches_a_brute_force_scan(db: &TestDb) {
     search_diff::every_filter_matches_a_brute_force_scan(db).await;
