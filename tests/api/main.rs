@@ -5,6 +5,7 @@ mod cbc;
 mod backfill;
 mod conformance;
 mod errors;
+mod events;
 mod export;
 mod helpers;
 mod instances;
