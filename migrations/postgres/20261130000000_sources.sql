@@ -26,7 +26,6 @@ ALTER TABLE events ADD CONSTRAINT events_source_id_key UNIQUE (source, id);
 DROP INDEX events_date_id;
 CREATE INDEX events_date_id ON events (date, id, source);
 CREATE INDEX events_source_date ON events (source, date);
-CREATE INDEX events_actor ON events (actor, date);
 
 -- Position and progress of the Terraform Cloud and Carbon Black Cloud pollers: one row per
 -- run (a backfill, or one poll), its window, and its progress as the source's poller

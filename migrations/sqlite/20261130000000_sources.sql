@@ -48,7 +48,6 @@ CREATE INDEX events_date_id ON events (date, id, source);
 CREATE INDEX events_member ON events (member_id, date) WHERE member_id IS NOT NULL;
 CREATE INDEX events_token ON events (token_id, date) WHERE token_id IS NOT NULL;
 CREATE INDEX events_source_date ON events (source, date);
-CREATE INDEX events_actor ON events (actor, date);
 
 -- Position and progress of the Terraform Cloud and Carbon Black Cloud pollers: one row per
 -- run (a backfill, or one poll), its window, and its progress as the source's poller

@@ -88,31 +88,35 @@ pub struct FetchStats {
     pub retries: AtomicU64,
 }
 
-/// Spaces requests at most `rate` per second across every task sharing it, and holds them
-/// all back after a 429 until the API's reset.
+/// Keeps requests under an API's limit of `limit` requests in any window of `per`, the way
+/// such a limit is counted (a sliding window): up to `limit` go at once, and each later
+/// one waits until the one `limit` places before it is `per` (plus a margin) old. After a
+/// 429 it holds every request back until the API's reset. Shared by every task of a run.
 #[derive(Debug)]
 pub struct Pacer {
-    interval: Option<Duration>,
+    limit: Option<(usize, Duration)>,
     state: Mutex<PacerState>,
 }
 
 #[derive(Debug)]
 struct PacerState {
-    next: tokio::time::Instant,
+    /// Send times of the last `limit` requests.
+    sent: std::collections::VecDeque<tokio::time::Instant>,
     blocked_until: tokio::time::Instant,
 }
 
+/// Added to the window, so requests counted at slightly different times on the server
+/// (network jitter) stay under the limit.
+const PACER_MARGIN: Duration = Duration::from_millis(50);
+
 impl Pacer {
-    /// At most `per_second` requests per second (`None`: unpaced, 429s still respected).
-    pub fn new(per_second: Option<f64>) -> Self {
-        let now = tokio::time::Instant::now();
+    /// At most `limit` requests in any `per` (`None`: unpaced; 429s still respected).
+    pub fn new(limit: Option<(usize, Duration)>) -> Self {
         Self {
-            interval: per_second
-                .filter(|r| r.is_finite() && *r > 0.0)
-                .map(|r| Duration::from_secs_f64(1.0 / r)),
+            limit: limit.filter(|(n, per)| *n > 0 && !per.is_zero()),
             state: Mutex::new(PacerState {
-                next: now,
-                blocked_until: now,
+                sent: std::collections::VecDeque::new(),
+                blocked_until: tokio::time::Instant::now(),
             }),
         }
     }
@@ -122,8 +126,17 @@ impl Pacer {
         let at = {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let now = tokio::time::Instant::now();
-            let at = s.next.max(now).max(s.blocked_until);
-            s.next = at + self.interval.unwrap_or_default();
+            let mut at = now.max(s.blocked_until);
+            if let Some((limit, per)) = self.limit {
+                if s.sent.len() >= limit {
+                    let oldest = s.sent[s.sent.len() - limit];
+                    at = at.max(oldest + per + PACER_MARGIN);
+                }
+                s.sent.push_back(at);
+                while s.sent.len() > limit {
+                    s.sent.pop_front();
+                }
+            }
             at
         };
         tokio::time::sleep_until(at).await;
@@ -134,7 +147,6 @@ impl Pacer {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let until = tokio::time::Instant::now() + wait;
         s.blocked_until = s.blocked_until.max(until);
-        s.next = s.next.max(until);
     }
 }
 
@@ -222,11 +234,11 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher for `source` pacing requests at `per_second` (`None`: unpaced).
+    /// A fetcher for `source` keeping under `limit` requests per window (`None`: unpaced).
     pub fn new(
         source: Source,
         credential: &'static str,
-        per_second: Option<f64>,
+        limit: Option<(usize, Duration)>,
     ) -> Result<Self, SourceError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("audithook/", env!("CARGO_PKG_VERSION")))
@@ -239,7 +251,7 @@ impl Fetcher {
             http,
             source,
             credential,
-            pacer: Arc::new(Pacer::new(per_second)),
+            pacer: Arc::new(Pacer::new(limit)),
             stats: Arc::default(),
             max_wait: MAX_RATE_LIMIT_WAIT,
             max_backoff: MAX_BACKOFF,

@@ -42,7 +42,7 @@ pub fn assert_exact(got: &[String], want: &[String]) {
 }
 
 fn client(fake: &FakeTfc, page_size: u32) -> TfcClient {
-    TfcClient::new(&fake.base, SecretString::from(ORG_TOKEN.to_owned()), 29.0)
+    TfcClient::new(&fake.base, SecretString::from(ORG_TOKEN.to_owned()), 30)
         .unwrap()
         .with_page_size(page_size)
 }
@@ -125,7 +125,7 @@ async fn rate_limit_is_waited_out_with_its_float_reset() {
     let db = TestDb::for_backend().await;
     let store = open(&db).await;
     // Paced faster than the fake's 5/s: the 429s' fractional resets are waited out.
-    let c = TfcClient::new(&fake.base, SecretString::from(ORG_TOKEN.to_owned()), 50.0)
+    let c = TfcClient::new(&fake.base, SecretString::from(ORG_TOKEN.to_owned()), 50)
         .unwrap()
         .with_page_size(100);
     let started = std::time::Instant::now();

@@ -253,10 +253,6 @@ async fn list(
     RawQuery(query): RawQuery,
 ) -> Response {
     let cfg = &inner.cfg;
-    if !cfg.latency.is_zero() {
-        let extra = rand::random::<u64>() % (cfg.latency.as_millis() as u64 / 2 + 1);
-        tokio::time::sleep(cfg.latency + Duration::from_millis(extra)).await;
-    }
     let n = inner.stats.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let auth = headers
         .get("authorization")
@@ -293,6 +289,12 @@ async fn list(
         w.push_back(now);
         let reset = Duration::from_secs(1) - now.duration_since(*w.front().unwrap());
         limit_headers.push(("x-ratelimit-reset", format!("{:.3}", reset.as_secs_f64())));
+    }
+    // Limits are counted on arrival; the answer then takes its time (and concurrent
+    // answers are evaluated in no particular order).
+    if !cfg.latency.is_zero() {
+        let extra = rand::random::<u64>() % (cfg.latency.as_millis() as u64 / 2 + 1);
+        tokio::time::sleep(cfg.latency + Duration::from_millis(extra)).await;
     }
     if cfg.fail_every.is_some_and(|k| n % k == 0) {
         inner.stats.faults.fetch_add(1, Ordering::SeqCst);

@@ -12,8 +12,8 @@ use crate::sources::{base_url, Fetcher, SourceError};
 pub const PATH: &str = "/api/v2/organization/audit-trail";
 /// Events per page (the documented default and the largest the API is known to take).
 pub const PAGE_SIZE: u32 = 1000;
-/// Requests per second: just under the API's 30, so a one-second window never sees 31.
-pub const RATE: f64 = 29.0;
+/// The API's rate limit: requests per second.
+pub const RATE: u32 = 30;
 
 /// One page: its events normalised (all or none), and the paging.
 #[derive(Debug, Clone)]
@@ -61,13 +61,17 @@ impl std::fmt::Debug for TfcClient {
 }
 
 impl TfcClient {
-    /// A client for `base` (TFC_BASE_URL) with TFC_API_TOKEN, paced at `rate` requests per
-    /// second.
-    pub fn new(base: &str, token: SecretString, rate: f64) -> Result<Self, SourceError> {
+    /// A client for `base` (TFC_BASE_URL) with TFC_API_TOKEN, kept under `rate` requests
+    /// per second.
+    pub fn new(base: &str, token: SecretString, rate: u32) -> Result<Self, SourceError> {
         let base =
             base_url("TFC_BASE_URL", base).map_err(|e| SourceError::other(Source::Tfc, e))?;
         Ok(Self {
-            fetcher: Fetcher::new(Source::Tfc, "TFC_API_TOKEN", Some(rate))?,
+            fetcher: Fetcher::new(
+                Source::Tfc,
+                "TFC_API_TOKEN",
+                Some((rate as usize, std::time::Duration::from_secs(1))),
+            )?,
             base,
             token,
             page_size: PAGE_SIZE,
