@@ -19,9 +19,9 @@ mod fake_ld;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use audithook::sources::launchdarkly::{self, client::LdClient, Options};
 use audithook::event::{normalise, Channel};
 use audithook::metrics::Metrics;
+use audithook::sources::launchdarkly::{self, client::LdClient, Options};
 use audithook::store::Store;
 use fake_ld::{entries, FakeConfig, FakeLd};
 use secrecy::SecretString;

@@ -61,7 +61,10 @@ async fn tfc_naive(client: &TfcClient, store: &Store, since: i64) -> u64 {
     let mut n = 1;
     loop {
         let page = client.page(since, n).await.expect("page");
-        store.insert_many(page.events.clone()).await.expect("insert");
+        store
+            .insert_many(page.events.clone())
+            .await
+            .expect("insert");
         match page.next_page {
             Some(next) => n = next,
             None => return n,
@@ -80,7 +83,10 @@ async fn cbc_naive(client: &CbcClient, store: &Store, after: i64, before: i64) -
             let page = client.search(day, end, start).await.expect("search");
             searches += 1;
             start += page.events.len() as u64;
-            store.insert_many(page.events.clone()).await.expect("insert");
+            store
+                .insert_many(page.events.clone())
+                .await
+                .expect("insert");
             if page.events.is_empty() || start >= page.num_found {
                 break;
             }
@@ -121,9 +127,15 @@ async fn bench_tfc() {
     let store = store_in(&dir, "tfc-audithook.db").await;
     let before_429 = fake.stats().rate_limited.load(Ordering::SeqCst);
     let started = Instant::now();
-    let summary = tfc::run(&store, &client(), tfc::oldest_since(fake_tfc::now_ms()), env_u64("BENCH_TFC_CONCURRENCY", 32) as usize, None)
-        .await
-        .expect("tfc backfill");
+    let summary = tfc::run(
+        &store,
+        &client(),
+        tfc::oldest_since(fake_tfc::now_ms()),
+        env_u64("BENCH_TFC_CONCURRENCY", 32) as usize,
+        None,
+    )
+    .await
+    .expect("tfc backfill");
     let ours = started.elapsed().as_secs_f64();
     let got = count(&store).await;
     store.close().await;
@@ -193,7 +205,10 @@ async fn bench_cbc() {
     let naive = started.elapsed().as_secs_f64();
     let got_naive = count(&store).await;
     store.close().await;
-    assert_eq!(got_naive, distinct, "the naive method stored {got_naive} of {distinct}");
+    assert_eq!(
+        got_naive, distinct,
+        "the naive method stored {got_naive} of {distinct}"
+    );
     println!(
         "    audithook: {ours:.2} s ({:.0} records/s, {} searches)",
         distinct as f64 / ours,

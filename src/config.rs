@@ -129,7 +129,12 @@ pub struct Config {
     pub tfc_api_token: Option<SecretString>,
 
     /// Terraform Cloud (or Terraform Enterprise) base URL.
-    #[arg(long, env = "TFC_BASE_URL", default_value = "https://app.terraform.io", global = true)]
+    #[arg(
+        long,
+        env = "TFC_BASE_URL",
+        default_value = "https://app.terraform.io",
+        global = true
+    )]
     pub tfc_base_url: String,
 
     /// Carbon Black Cloud API ID (of a key with READ on org.audits).
@@ -161,7 +166,10 @@ impl Config {
         let Some(token) = &self.tfc_api_token else {
             return Ok(None);
         };
-        if secrecy::ExposeSecret::expose_secret(token).trim().is_empty() {
+        if secrecy::ExposeSecret::expose_secret(token)
+            .trim()
+            .is_empty()
+        {
             return Err("TFC_API_TOKEN is set but empty".into());
         }
         TfcClient::new(&self.tfc_base_url, token.clone(), RATE)

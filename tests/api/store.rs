@@ -60,7 +60,9 @@ store_suite!(
 /// The migrations before the multi-source one, as an archive written by the previous
 /// release has them applied.
 fn old_migrations(backend: &str) -> Vec<(i64, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -84,7 +86,11 @@ fn sql_text(s: Option<&str>) -> String {
 }
 
 async fn migration_carries_launchdarkly_events_over_to_source_identity(db: &TestDb) {
-    let backend = if db.url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+    let backend = if db.url.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
     let mut script = String::from(
         "CREATE TABLE IF NOT EXISTS _migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);\n",
     );
@@ -97,16 +103,28 @@ async fn migration_carries_launchdarkly_events_over_to_source_identity(db: &Test
     // Events as the previous release stored them: member with email; token only; neither;
     // no accesses; a hook delivery.
     let bodies = [
-        (json!({"_id": "m1", "date": 100, "kind": "flag", "title": "Sandy turned on x",
+        (
+            json!({"_id": "m1", "date": 100, "kind": "flag", "title": "Sandy turned on x",
                 "member": {"_id": "mem1", "email": "sandy@example.com", "firstName": "Sandy"},
                 "accesses": [{"action": "updateOn", "resource": "proj/p:env/e:flag/x"},
-                             {"action": "updateRules", "resource": "proj/p:env/e:flag/x"}]}), Channel::Hook),
-        (json!({"_id": "t1", "date": 100, "kind": "flag", "title": "Token did it",
+                             {"action": "updateRules", "resource": "proj/p:env/e:flag/x"}]}),
+            Channel::Hook,
+        ),
+        (
+            json!({"_id": "t1", "date": 100, "kind": "flag", "title": "Token did it",
                 "token": {"_id": "tok1", "name": "ci token"},
-                "accesses": [{"action": "createFlag", "resource": "proj/p:env/*:flag/y"}]}), Channel::Rest),
-        (json!({"_id": "n1", "date": 50, "kind": "project", "title": "someone",
-                "member": {"_id": "mem2"}}), Channel::Rest),
-        (json!({"_id": "e1", "date": 200, "title": ""}), Channel::Rest),
+                "accesses": [{"action": "createFlag", "resource": "proj/p:env/*:flag/y"}]}),
+            Channel::Rest,
+        ),
+        (
+            json!({"_id": "n1", "date": 50, "kind": "project", "title": "someone",
+                "member": {"_id": "mem2"}}),
+            Channel::Rest,
+        ),
+        (
+            json!({"_id": "e1", "date": 200, "title": ""}),
+            Channel::Rest,
+        ),
     ];
     for (seq, (body, channel)) in bodies.iter().enumerate() {
         let e = normalise(body.to_string().as_bytes(), *channel).unwrap();
@@ -138,13 +156,27 @@ async fn migration_carries_launchdarkly_events_over_to_source_identity(db: &Test
     // Every event is LaunchDarkly's now, with the envelope the normaliser gives it.
     for (seq, (body, channel)) in bodies.iter().enumerate() {
         let e = normalise(body.to_string().as_bytes(), *channel).unwrap();
-        let got = store.get(Source::LaunchDarkly, &e.id).await.unwrap().unwrap();
+        let got = store
+            .get(Source::LaunchDarkly, &e.id)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.seq, seq as i64 + 1);
         assert_eq!(got.raw, e.raw);
         assert_eq!(got.source, "launchdarkly");
         assert_eq!(
-            (got.actor.as_str(), got.action.as_str(), got.resource.as_str(), got.summary.as_str()),
-            (e.actor.as_str(), e.action.as_str(), e.resource.as_str(), e.summary.as_str()),
+            (
+                got.actor.as_str(),
+                got.action.as_str(),
+                got.resource.as_str(),
+                got.summary.as_str()
+            ),
+            (
+                e.actor.as_str(),
+                e.action.as_str(),
+                e.resource.as_str(),
+                e.summary.as_str()
+            ),
             "{}",
             e.id
         );
@@ -160,9 +192,20 @@ async fn migration_carries_launchdarkly_events_over_to_source_identity(db: &Test
     // Identity is (source, id): the same `_id` again is a duplicate; new events follow.
     let again = normalise(bodies[0].0.to_string().as_bytes(), Channel::Rest).unwrap();
     assert_eq!(store.insert(again).await.unwrap(), Inserted::Duplicate);
-    assert_eq!(store.insert(event(&entry("z9", 300))).await.unwrap(), Inserted::Stored);
+    assert_eq!(
+        store.insert(event(&entry("z9", 300))).await.unwrap(),
+        Inserted::Stored
+    );
     // (Postgres may skip sequence numbers a duplicate drew: arrival order, not a count.)
-    assert!(store.get(Source::LaunchDarkly, "z9").await.unwrap().unwrap().seq > 4);
+    assert!(
+        store
+            .get(Source::LaunchDarkly, "z9")
+            .await
+            .unwrap()
+            .unwrap()
+            .seq
+            > 4
+    );
     store.close().await;
 }
 
@@ -175,7 +218,10 @@ async fn one_id_in_two_sources_is_two_events(db: &TestDb) {
     )
     .unwrap();
     assert_eq!(
-        store.insert_many(vec![ld.clone(), tfc.clone()]).await.unwrap(),
+        store
+            .insert_many(vec![ld.clone(), tfc.clone()])
+            .await
+            .unwrap(),
         vec![Inserted::Stored, Inserted::Stored]
     );
     assert_eq!(
@@ -183,8 +229,14 @@ async fn one_id_in_two_sources_is_two_events(db: &TestDb) {
         vec![Inserted::Duplicate, Inserted::Duplicate]
     );
     // Same date and id: the source breaks the tie, newest first (tfc > launchdarkly).
-    let all = store.list_newest(&Filter::default(), None, 10).await.unwrap();
-    let got: Vec<(&str, &str)> = all.iter().map(|e| (e.source.as_str(), e.id.as_str())).collect();
+    let all = store
+        .list_newest(&Filter::default(), None, 10)
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = all
+        .iter()
+        .map(|e| (e.source.as_str(), e.id.as_str()))
+        .collect();
     assert_eq!(got, [("tfc", "same"), ("launchdarkly", "same")]);
     let page2 = store
         .list_newest(&Filter::default(), Some(&Cursor::of(&all[0])), 10)
@@ -199,7 +251,11 @@ async fn one_id_in_two_sources_is_two_events(db: &TestDb) {
     assert_eq!(store.count(&tfc_only).await.unwrap(), 1);
     let got = store.get(Source::Tfc, "same").await.unwrap().unwrap();
     assert_eq!(
-        (got.actor.as_str(), got.action.as_str(), got.resource.as_str()),
+        (
+            got.actor.as_str(),
+            got.action.as_str(),
+            got.resource.as_str()
+        ),
         ("pat", "update", "workspace/ws-1")
     );
     store.close().await;
@@ -280,10 +336,18 @@ async fn get_returns_the_body_byte_for_byte(db: &TestDb) {
     let body = "{ \"_id\" : \"raw1\",\n\t\"date\":1700000000123, \"name\":\"caf\\u00e9 \u{1F680}\", \"extra\": [1, 2.50, null] }";
     let e = normalise(body.as_bytes(), Channel::Hook).unwrap();
     store.insert(e).await.unwrap();
-    let got = store.get(Source::LaunchDarkly, "raw1").await.unwrap().unwrap();
+    let got = store
+        .get(Source::LaunchDarkly, "raw1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.raw, body);
     assert_eq!(got.date, 1700000000123);
-    assert!(store.get(Source::LaunchDarkly, "raw2").await.unwrap().is_none());
+    assert!(store
+        .get(Source::LaunchDarkly, "raw2")
+        .await
+        .unwrap()
+        .is_none());
     store.close().await;
 }
 
@@ -292,7 +356,15 @@ async fn text_with_nul_is_stored_and_found(db: &TestDb) {
     let body = r#"{"_id":"nul1","date":1,"name":"before\u0000after","title":"x","accesses":[{"action":"up\u0000","resource":"proj/\u0000x"}]}"#;
     let e = normalise(body.as_bytes(), Channel::Hook).unwrap();
     assert_eq!(store.insert(e).await.unwrap(), Inserted::Stored);
-    assert_eq!(store.get(Source::LaunchDarkly, "nul1").await.unwrap().unwrap().raw, body);
+    assert_eq!(
+        store
+            .get(Source::LaunchDarkly, "nul1")
+            .await
+            .unwrap()
+            .unwrap()
+            .raw,
+        body
+    );
     let found = store
         .list_newest(
             &Filter {
@@ -846,7 +918,10 @@ async fn newest_date_tracks_the_newest_event(db: &TestDb) {
         .insert_many(vec![event(&entry("n1", 2000)), event(&entry("n2", 1500))])
         .await
         .unwrap();
-    assert_eq!(store.newest_date(Source::LaunchDarkly).await.unwrap(), Some(2000));
+    assert_eq!(
+        store.newest_date(Source::LaunchDarkly).await.unwrap(),
+        Some(2000)
+    );
     store.close().await;
 }
 

@@ -130,7 +130,12 @@ impl FakeCbc {
     pub async fn start(records: &[Value], cfg: FakeConfig) -> FakeCbc {
         let mut rows: Vec<(i64, String)> = records
             .iter()
-            .map(|r| (parse_iso(r["create_time"].as_str().unwrap()).unwrap(), r.to_string()))
+            .map(|r| {
+                (
+                    parse_iso(r["create_time"].as_str().unwrap()).unwrap(),
+                    r.to_string(),
+                )
+            })
             .collect();
         rows.sort();
         rows.dedup();
@@ -239,7 +244,10 @@ async fn search(
     if let Some(limit) = cfg.rate_limit {
         let now = Instant::now();
         let mut w = inner.window.lock().unwrap();
-        while w.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+        while w
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
             w.pop_front();
         }
         if w.len() >= limit {
@@ -316,7 +324,10 @@ async fn search(
         let half = body.as_bytes()[..body.len() / 2].to_vec();
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
             Ok(half),
-            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "dropped")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "dropped",
+            )),
         ];
         Body::from_stream(futures_util::stream::iter(chunks))
     } else {

@@ -236,7 +236,9 @@ fn arrive(inner: &Inner) {
 fn errors(status: StatusCode, title: &str, detail: &str) -> Response {
     (
         status,
-        axum::Json(json!({"errors": [{"status": status.as_u16(), "title": title, "detail": detail}]})),
+        axum::Json(
+            json!({"errors": [{"status": status.as_u16(), "title": title, "detail": detail}]}),
+        ),
     )
         .into_response()
 }
@@ -266,7 +268,10 @@ async fn list(
     if let Some(limit) = cfg.rate_limit {
         let now = Instant::now();
         let mut w = inner.window.lock().unwrap();
-        while w.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+        while w
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
             w.pop_front();
         }
         if w.len() >= limit {
@@ -322,7 +327,13 @@ async fn list(
         match k.as_ref() {
             "page[number]" => match v.parse::<u64>() {
                 Ok(p) if p >= 1 => number = p,
-                _ => return errors(StatusCode::BAD_REQUEST, "bad request", "invalid page number"),
+                _ => {
+                    return errors(
+                        StatusCode::BAD_REQUEST,
+                        "bad request",
+                        "invalid page number",
+                    )
+                }
             },
             "page[size]" => match v.parse::<u64>() {
                 Ok(s) if s >= 1 => size = s.min(cfg.max_page_size),
@@ -380,7 +391,10 @@ async fn list(
         let half = body.as_bytes()[..body.len() / 2].to_vec();
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
             Ok(half),
-            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "dropped")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "dropped",
+            )),
         ];
         Body::from_stream(futures_util::stream::iter(chunks))
     } else {

@@ -71,13 +71,18 @@ impl CbcClient {
         if base.scheme() != "https" && !loopback(&base) {
             return Err(SourceError::other(
                 Source::Cbc,
-                format!("CBC_BASE_URL must be https:// (the API key would travel in clear), got {}", base.as_str()),
+                format!(
+                    "CBC_BASE_URL must be https:// (the API key would travel in clear), got {}",
+                    base.as_str()
+                ),
             ));
         }
         if org_key.is_empty() || !org_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(SourceError::other(
                 Source::Cbc,
-                format!("CBC_ORG_KEY must be letters and digits (such as ABCD1234), got {org_key:?}"),
+                format!(
+                    "CBC_ORG_KEY must be letters and digits (such as ABCD1234), got {org_key:?}"
+                ),
             ));
         }
         Ok(Self {
@@ -97,7 +102,12 @@ impl CbcClient {
 
     /// Records with `start_ms <= create_time <= end_ms` (whether `end` is inclusive is
     /// Carbon Black's to decide), oldest first, from the `start`th.
-    pub async fn search(&self, start_ms: i64, end_ms: i64, start: u64) -> Result<SearchPage, SourceError> {
+    pub async fn search(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        start: u64,
+    ) -> Result<SearchPage, SourceError> {
         let path = format!("/audit_log/v1/orgs/{}/logs/_search", self.org_key);
         let url = self
             .base

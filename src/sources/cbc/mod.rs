@@ -141,8 +141,7 @@ pub fn normalise(raw: &str) -> Result<NewEvent, String> {
         member_id: None,
         member_email: None,
         token_id: None,
-        accesses: serde_json::json!([{"action": description, "resource": request_url}])
-            .to_string(),
+        accesses: serde_json::json!([{"action": description, "resource": request_url}]).to_string(),
         resources: String::new(),
         search,
         raw: raw.to_owned(),
@@ -177,7 +176,12 @@ struct RunState {
 
 impl RunState {
     /// Moves chunk `end`'s cursor to `cursor` (`None`: finished) and saves.
-    async fn advance(&self, store: &Store, end: i64, cursor: Option<i64>) -> Result<(), SourceError> {
+    async fn advance(
+        &self,
+        store: &Store,
+        end: i64,
+        cursor: Option<i64>,
+    ) -> Result<(), SourceError> {
         let mut p = self.progress.lock().await;
         match cursor {
             Some(c) => {
@@ -280,9 +284,23 @@ pub async fn run(
     let mut summary = Summary::default();
     if let Some(open) = store.source_run_open(Source::Cbc).await? {
         let saved: Progress = serde_json::from_str(&open.progress).unwrap_or_default();
-        tracing::info!(source = "cbc", run = open.id, chunks = saved.pending.len(), "resuming an unfinished Carbon Black Cloud run");
+        tracing::info!(
+            source = "cbc",
+            run = open.id,
+            chunks = saved.pending.len(),
+            "resuming an unfinished Carbon Black Cloud run"
+        );
         summary.resumed = true;
-        read_run(store, client, open.id, saved, concurrency, bar, &mut summary).await?;
+        read_run(
+            store,
+            client,
+            open.id,
+            saved,
+            concurrency,
+            bar,
+            &mut summary,
+        )
+        .await?;
         if open.after <= after && open.before >= before {
             return Ok(summary);
         }
@@ -344,7 +362,10 @@ async fn read_run(
                 failed.get_or_insert(e);
             }
             Err(e) => {
-                failed.get_or_insert(SourceError::other(Source::Cbc, format!("chunk task failed: {e}")));
+                failed.get_or_insert(SourceError::other(
+                    Source::Cbc,
+                    format!("chunk task failed: {e}"),
+                ));
             }
         }
     }
@@ -385,9 +406,19 @@ pub async fn poll_loop(
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    super::run_poller(&store, Source::Cbc, &client.fetcher, interval, &metrics, &stop, || async {
-        poll(&store, &client, super::POLL_OVERLAP).await.map(|s| s.new)
-    })
+    super::run_poller(
+        &store,
+        Source::Cbc,
+        &client.fetcher,
+        interval,
+        &metrics,
+        &stop,
+        || async {
+            poll(&store, &client, super::POLL_OVERLAP)
+                .await
+                .map(|s| s.new)
+        },
+    )
     .await;
 }
 
@@ -400,7 +431,11 @@ mod tests {
         let a = r#"{"actor":"a@x","create_time":"2024-04-17T19:18:37.480Z","actor_ip":"10.0.0.1"}"#;
         let b = r#"{"actor_ip":"10.0.0.1","actor":"a@x","create_time":"2024-04-17T19:18:37.480Z"}"#;
         let c = r#"{"actor":"a@x","create_time":"2024-04-17T19:18:37.480Z","actor_ip":"10.0.0.2"}"#;
-        let (a, b, c) = (normalise(a).unwrap(), normalise(b).unwrap(), normalise(c).unwrap());
+        let (a, b, c) = (
+            normalise(a).unwrap(),
+            normalise(b).unwrap(),
+            normalise(c).unwrap(),
+        );
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
         assert_eq!(a.id.len(), 32);

@@ -23,7 +23,9 @@ pub async fn run_once(
 ) -> Result<Summary, BackfillError> {
     let client = LdClient::new(base_url, token.clone())?;
     let now = crate::now_ms();
-    let newest = store.newest_date(crate::event::Source::LaunchDarkly).await?;
+    let newest = store
+        .newest_date(crate::event::Source::LaunchDarkly)
+        .await?;
     let from = newest.unwrap_or(now) - overlap.as_millis() as i64;
     let opts = Options {
         after: Some(from.max(0)),

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use tokio::task::JoinSet;
 
 use self::client::{Page, TfcClient};
@@ -65,79 +66,164 @@ struct Progress {
     covered: Option<i64>,
 }
 
-/// Normalises one audit-trail event (its JSON text as received) to the store's event.
-/// Identity: its `id` (a UUID). Envelope: actor = `auth.description`, action =
-/// `resource.action`, resource = `resource.type/resource.id`.
-pub fn normalise(raw: &str) -> Result<NewEvent, String> {
-    let v: Value = serde_json::from_str(raw).map_err(|e| format!("an event is not JSON: {e}"))?;
-    let o = v.as_object().ok_or("an event is not a JSON object")?;
-    let text = |parent: &str, key: &str| -> Result<String, String> {
-        match o.get(parent).and_then(|p| p.get(key)) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(format!("`{parent}.{key}` is {other}, not a string")),
-        }
+/// The fields of an audit-trail event audithook reads.
+#[derive(Default, Deserialize)]
+struct EventIn<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    auth: Option<AuthIn<'a>>,
+    #[serde(borrow, default)]
+    resource: Option<ResourceIn<'a>>,
+    #[serde(borrow, default)]
+    request: Option<RequestIn<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+struct AuthIn<'a> {
+    #[serde(borrow, default)]
+    accessor_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    organization_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Default, Deserialize)]
+struct ResourceIn<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    action: Option<Cow<'a, str>>,
+}
+
+#[derive(Default, Deserialize)]
+struct RequestIn<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+}
+
+/// Why an event is refused, naming the field: serde's own message names only a position.
+fn explain(raw: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(raw) else {
+        return "an event is not JSON".into();
     };
-    let id = match o.get("id") {
-        Some(Value::String(s))
+    let Some(o) = v.as_object() else {
+        return "an event is not a JSON object".into();
+    };
+    let id = o
+        .get("id")
+        .map_or_else(|| "without an id".to_owned(), |i| i.to_string());
+    let string_at = |path: &[&str]| -> Option<String> {
+        let mut cur = &v;
+        for p in path {
+            cur = cur.get(p)?;
+        }
+        (!cur.is_string() && !cur.is_null())
+            .then(|| format!("event {id}: `{}` is {cur}, not a string", path.join(".")))
+    };
+    for parent in ["auth", "resource", "request"] {
+        if !matches!(o.get(parent), None | Some(Value::Null | Value::Object(_))) {
+            return format!("event {id}: `{parent}` is not an object");
+        }
+    }
+    [
+        &["id"][..],
+        &["timestamp"],
+        &["type"],
+        &["auth", "accessor_id"],
+        &["auth", "description"],
+        &["auth", "type"],
+        &["auth", "organization_id"],
+        &["resource", "id"],
+        &["resource", "type"],
+        &["resource", "action"],
+        &["request", "id"],
+    ]
+    .iter()
+    .find_map(|p| string_at(p))
+    .unwrap_or_else(|| format!("event {id} does not have the documented shape"))
+}
+
+/// Normalises one audit-trail event (its JSON text as received) to the store's event.
+/// Identity: its `id` (a UUID). Envelope: actor = `auth.description` (else
+/// `auth.accessor_id`), action = `resource.action`, resource = `resource.type/resource.id`.
+pub fn normalise(raw: &str) -> Result<NewEvent, String> {
+    let e: EventIn = serde_json::from_str(raw).map_err(|_| explain(raw))?;
+    let s = |c: &Option<Cow<'_, str>>| c.as_deref().unwrap_or("").to_owned();
+    let id = match e.id.as_deref() {
+        Some(s)
             if !s.trim().is_empty()
                 && s.len() <= MAX_ID_LEN
                 && !s.chars().any(char::is_control) =>
         {
-            s.clone()
+            s.to_owned()
         }
-        Some(Value::String(_)) => return Err("an event's `id` is empty, too long or has control characters".into()),
-        Some(other) => return Err(format!("an event's `id` is {other}, not a string")),
+        Some(_) => {
+            return Err("an event's `id` is empty, too long or has control characters".into())
+        }
         None => return Err("an event has no `id`".into()),
     };
-    let date = match o.get("timestamp") {
-        Some(Value::String(s)) => parse_time(s)
-            .ok_or_else(|| format!("event {id}: `timestamp` {s:?} is not an RFC 3339 time"))?,
-        Some(other) => return Err(format!("event {id}: `timestamp` is {other}, not a string")),
+    let date = match e.timestamp.as_deref() {
+        Some(t) => parse_time(t)
+            .ok_or_else(|| format!("event {id}: `timestamp` {t:?} is not an RFC 3339 time"))?,
         None => return Err(format!("event {id} has no `timestamp`")),
     };
-    for parent in ["auth", "resource", "request"] {
-        if !matches!(o.get(parent), None | Some(Value::Null | Value::Object(_))) {
-            return Err(format!("event {id}: `{parent}` is not an object"));
-        }
-    }
-    let description = text("auth", "description")?;
-    let accessor = text("auth", "accessor_id")?;
+    let auth = e.auth.unwrap_or_default();
+    let res = e.resource.unwrap_or_default();
+    let description = s(&auth.description);
+    let accessor = s(&auth.accessor_id);
     let actor = if description.is_empty() {
         accessor.clone()
     } else {
         description
     };
-    let action = text("resource", "action")?;
-    let rtype = text("resource", "type")?;
-    let rid = text("resource", "id")?;
+    let action = s(&res.action);
+    let rtype = s(&res.kind);
+    let rid = s(&res.id);
     let resource = match (rtype.is_empty(), rid.is_empty()) {
         (true, true) => String::new(),
         _ => format!("{rtype}/{rid}"),
     };
-    let summary = [actor.as_str(), action.as_str(), rtype.as_str(), rid.as_str()]
-        .iter()
-        .filter(|s| !s.is_empty())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ");
-    let kind = o
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let summary = [
+        actor.as_str(),
+        action.as_str(),
+        rtype.as_str(),
+        rid.as_str(),
+    ]
+    .iter()
+    .filter(|s| !s.is_empty())
+    .copied()
+    .collect::<Vec<_>>()
+    .join(" ");
     let search = [
         actor.as_str(),
-        accessor.as_str(),
-        action.as_str(),
-        resource.as_str(),
-        kind.as_str(),
-        &text("auth", "type")?,
-        &text("auth", "organization_id")?,
-        &text("request", "id")?,
+        &accessor,
+        &action,
+        &resource,
+        e.kind.as_deref().unwrap_or(""),
+        auth.kind.as_deref().unwrap_or(""),
+        auth.organization_id.as_deref().unwrap_or(""),
+        e.request
+            .as_ref()
+            .and_then(|r| r.id.as_deref())
+            .unwrap_or(""),
     ]
     .join("\n")
     .to_lowercase();
+    let accesses = serde_json::to_string(&[crate::event::Access {
+        action: action.clone(),
+        resource: resource.clone(),
+    }])
+    .unwrap_or_else(|_| "[]".into());
     Ok(NewEvent {
         id,
         date,
@@ -147,7 +233,7 @@ pub fn normalise(raw: &str) -> Result<NewEvent, String> {
         member_id: None,
         member_email: None,
         token_id: None,
-        accesses: serde_json::json!([{"action": action, "resource": resource}]).to_string(),
+        accesses,
         resources: String::new(),
         search,
         raw: raw.to_owned(),
@@ -218,10 +304,12 @@ pub async fn run(
     let now = crate::now_ms();
     let floor = oldest_since(now);
     let after = if after < floor {
-        tracing::info!(
+        if after < floor - 60_000 {
+            tracing::info!(
             source = "tfc",
-            "Terraform Cloud keeps 14 days: reading from 14 days ago (less 10 minutes, which expire during the walk)"
-        );
+                "Terraform Cloud keeps 14 days: reading from 14 days ago (less 10 minutes, which expire during the walk)"
+            );
+        }
         floor
     } else {
         after
@@ -232,15 +320,40 @@ pub async fn run(
         tracing::info!(source = "tfc", run = open.id, covered = ?saved.covered, "resuming an unfinished Terraform Cloud run");
         summary.resumed = true;
         let since = open.after.max(floor);
-        walk(store, client, open.id, since, saved.covered, concurrency, progress, &mut summary).await?;
+        walk(
+            store,
+            client,
+            open.id,
+            since,
+            saved.covered,
+            concurrency,
+            progress,
+            &mut summary,
+        )
+        .await?;
         if open.after <= after {
             return Ok(summary);
         }
     }
     let id = store
-        .source_run_create(Source::Tfc, after, now, &super::to_json(&Progress::default()))
+        .source_run_create(
+            Source::Tfc,
+            after,
+            now,
+            &super::to_json(&Progress::default()),
+        )
         .await?;
-    walk(store, client, id, after, None, concurrency, progress, &mut summary).await?;
+    walk(
+        store,
+        client,
+        id,
+        after,
+        None,
+        concurrency,
+        progress,
+        &mut summary,
+    )
+    .await?;
     Ok(summary)
 }
 
@@ -281,9 +394,7 @@ async fn walk(
         first = client.page(since, start).await?;
         summary.pages += 1;
     }
-    if start > 1
-        && covered.is_some_and(|c| first.events.first().is_some_and(|e| e.date < c))
-    {
+    if start > 1 && covered.is_some_and(|c| first.events.first().is_some_and(|e| e.date < c)) {
         // The store holds events the API no longer lists newer than `covered`: count
         // from the top instead.
         start = 1;
@@ -382,7 +493,11 @@ async fn save(
         *covered = Some(covered.map_or(oldest, |c| c.min(oldest)));
     }
     store
-        .source_run_save(run, &super::to_json(&Progress { covered: *covered }), finished)
+        .source_run_save(
+            run,
+            &super::to_json(&Progress { covered: *covered }),
+            finished,
+        )
         .await?;
     Ok(())
 }
@@ -403,7 +518,11 @@ async fn repair(
         return Ok(());
     };
     summary.repaired += 1;
-    tracing::debug!(source = "tfc", page = prev.page, "re-reading a page boundary that shifted during the walk");
+    tracing::debug!(
+        source = "tfc",
+        page = prev.page,
+        "re-reading a page boundary that shifted during the walk"
+    );
     // Where `prev`'s last item is now: its offset then, moved down by the events created
     // since (the growth of the count).
     let probe = client.page(since, 1).await?;
@@ -476,7 +595,6 @@ pub async fn poll(
     Ok(summary)
 }
 
-
 /// Polls Terraform Cloud every `interval` until `stop` (one instance of several: the
 /// `poll:tfc` lease).
 pub async fn poll_loop(
@@ -486,8 +604,18 @@ pub async fn poll_loop(
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    super::run_poller(&store, Source::Tfc, &client.fetcher, interval, &metrics, &stop, || async {
-        poll(&store, &client, super::POLL_OVERLAP).await.map(|s| s.new)
-    })
+    super::run_poller(
+        &store,
+        Source::Tfc,
+        &client.fetcher,
+        interval,
+        &metrics,
+        &stop,
+        || async {
+            poll(&store, &client, super::POLL_OVERLAP)
+                .await
+                .map(|s| s.new)
+        },
+    )
     .await;
 }
