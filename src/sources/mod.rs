@@ -107,7 +107,7 @@ struct PacerState {
 
 /// Added to the window, so requests counted at slightly different times on the server
 /// (network jitter) stay under the limit.
-const PACER_MARGIN: Duration = Duration::from_millis(50);
+const PACER_MARGIN: Duration = Duration::from_millis(25);
 
 impl Pacer {
     /// At most `limit` requests in any `per` (`None`: unpaced; 429s still respected).

@@ -5,6 +5,8 @@ pub mod postgres;
 pub mod sqlite;
 mod writer;
 
+pub use writer::IndexerHold;
+
 use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
 use std::sync::Arc;
@@ -594,6 +596,16 @@ impl Store {
             Store::Sqlite(s) => s.lease_release(name.to_owned(), holder.to_owned()).await,
             Store::Postgres(s) => s.lease_release(name, holder).await,
         }
+    }
+
+    /// Holds the background search indexer off while the returned value lives: a bulk load
+    /// (backfill, poll) runs at full speed, and the indexer catches up afterwards (until
+    /// then, searches scan the events it has not reached).
+    pub fn hold_indexer(&self) -> IndexerHold {
+        IndexerHold::new(match self {
+            Store::Sqlite(s) => s.gate.clone(),
+            Store::Postgres(s) => s.gate.clone(),
+        })
     }
 
     /// Which backend this is (`sqlite` or `postgres`).

@@ -11,7 +11,6 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,6 @@ use super::{
 };
 use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
-use crate::now_ms;
 
 /// Events indexed per transaction (short, so a writer waking up waits little).
 const INDEX_BATCH: i64 = 500;
@@ -73,6 +71,8 @@ pub struct PgStore {
     writer: Writer,
     /// Stops the search indexer.
     indexer_stop: CancellationToken,
+    /// When the search indexer may work.
+    pub(super) gate: Arc<super::writer::IndexerGate>,
     /// Candidates of the first pass of a text search.
     newest_candidates: i64,
 }
@@ -126,7 +126,7 @@ impl PgStore {
             metrics.search_unindexed.set(lag.max(0));
         }
         let (writer, rx) = Writer::channel();
-        let last_commit = Arc::new(AtomicI64::new(0));
+        let last_commit = Arc::new(super::writer::IndexerGate::default());
         let indexer_stop = CancellationToken::new();
         if options.background_indexer {
             tokio::spawn(indexer_loop(
@@ -136,11 +136,12 @@ impl PgStore {
                 metrics.clone(),
             ));
         }
-        tokio::spawn(writer_loop(pool.clone(), rx, metrics, last_commit));
+        tokio::spawn(writer_loop(pool.clone(), rx, metrics, last_commit.clone()));
         Ok(Self {
             pool,
             writer,
             indexer_stop,
+            gate: last_commit,
             newest_candidates: options.newest_candidates,
         })
     }
@@ -1022,14 +1023,14 @@ async fn writer_loop(
     pool: PgPool,
     mut rx: mpsc::Receiver<WriteReq>,
     metrics: Arc<Metrics>,
-    last_commit: Arc<AtomicI64>,
+    last_commit: Arc<super::writer::IndexerGate>,
 ) {
     let mut group: Group = Vec::new();
     while let Some(first) = rx.recv().await {
         let stop = gather(first, &mut rx, &mut group);
         if !group.is_empty() {
             commit_group(&pool, &mut group, &metrics).await;
-            last_commit.store(now_ms(), Ordering::Relaxed);
+            last_commit.committed();
         }
         if let Some(ack) = stop {
             let _ = ack.send(());
@@ -1196,7 +1197,7 @@ async fn insert_all(
 /// with SKIP LOCKED, so while one instance indexes the others wait for the next round.
 async fn indexer_loop(
     pool: PgPool,
-    last_commit: Arc<AtomicI64>,
+    last_commit: Arc<super::writer::IndexerGate>,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
 ) {
@@ -1210,7 +1211,7 @@ async fn indexer_loop(
         }
     };
     loop {
-        if now_ms() - last_commit.load(Ordering::Relaxed) < 100 {
+        if last_commit.should_wait() {
             if pause(100).await {
                 return;
             }

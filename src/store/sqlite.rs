@@ -2,7 +2,7 @@
 //! connections, WAL journal with `synchronous=FULL` so a committed event survives a crash.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::functions::FunctionFlags;
@@ -94,6 +94,8 @@ pub struct SqliteStore {
     progress: Arc<Mutex<Option<Connection>>>,
     /// Stops the search indexer.
     indexer_stop: Arc<AtomicBool>,
+    /// When the search indexer may work.
+    pub(super) gate: Arc<super::writer::IndexerGate>,
     /// Candidates of the first pass of a text search.
     newest_candidates: i64,
     /// Read connections in use at once, at most (`AUDITHOOK_DATABASE_MAX_CONNECTIONS`):
@@ -200,7 +202,7 @@ impl SqliteStore {
             .unwrap_or(0);
         metrics.search_unindexed.set(lag.max(0));
         let (writer, rx) = Writer::channel();
-        let last_commit = Arc::new(AtomicI64::new(0));
+        let last_commit = Arc::new(super::writer::IndexerGate::default());
         let indexer_stop = Arc::new(AtomicBool::new(false));
         if options.background_indexer {
             let (path, last_commit, stop, metrics) = (
@@ -213,6 +215,7 @@ impl SqliteStore {
                 .name("audithook-indexer".into())
                 .spawn(move || indexer_loop(&path, &last_commit, &stop, &metrics))?;
         }
+        let gate = last_commit.clone();
         let writer_last_commit = last_commit.clone();
         std::thread::Builder::new()
             .name("audithook-writer".into())
@@ -224,6 +227,7 @@ impl SqliteStore {
             side: Arc::new(Mutex::new(None)),
             progress: Arc::new(Mutex::new(None)),
             indexer_stop,
+            gate,
             newest_candidates: options.newest_candidates,
             read_permits: Arc::new(tokio::sync::Semaphore::new(
                 options.max_connections.max(1) as usize
@@ -1087,14 +1091,14 @@ fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<WriteReq>,
     metrics: &Metrics,
-    last_commit: &AtomicI64,
+    last_commit: &super::writer::IndexerGate,
 ) {
     let mut group: Group = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let stop = gather(first, &mut rx, &mut group);
         if !group.is_empty() {
             commit_group(&mut conn, &mut group, metrics);
-            last_commit.store(now_ms(), Ordering::Relaxed);
+            last_commit.committed();
         }
         if let Some(ack) = stop {
             let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
@@ -1187,7 +1191,12 @@ const INDEX_BATCH: i64 = 500;
 
 /// Fills the trigram index in batches, staying out of the writer's way: it works only when
 /// no group has committed for 100 ms, so ingest under load keeps the machine.
-fn indexer_loop(path: &Path, last_commit: &AtomicI64, stop: &AtomicBool, metrics: &Metrics) {
+fn indexer_loop(
+    path: &Path,
+    last_commit: &super::writer::IndexerGate,
+    stop: &AtomicBool,
+    metrics: &Metrics,
+) {
     let mut conn = match open_connection(path) {
         Ok(c) => c,
         Err(e) => {
@@ -1199,7 +1208,7 @@ fn indexer_loop(path: &Path, last_commit: &AtomicI64, stop: &AtomicBool, metrics
     // its progress marker, so its commits need not wait for the disk.
     let _ = conn.pragma_update(None, "synchronous", "NORMAL");
     while !stop.load(Ordering::SeqCst) {
-        if now_ms() - last_commit.load(Ordering::Relaxed) < 100 {
+        if last_commit.should_wait() {
             std::thread::sleep(std::time::Duration::from_millis(100));
             continue;
         }

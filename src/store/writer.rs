@@ -94,3 +94,50 @@ pub(super) fn gather(
     }
     None
 }
+
+/// When the background search indexer may work: it stays out of the writer's way while
+/// groups keep committing (it works once none has for [`IDLE_MS`]) and while a bulk load
+/// (a backfill, a poll) holds it off; the events it has not reached are scanned instead.
+#[derive(Debug, Default)]
+pub(crate) struct IndexerGate {
+    last_commit: std::sync::atomic::AtomicI64,
+    holds: std::sync::atomic::AtomicUsize,
+}
+
+/// How long the writer must have been idle before the indexer works.
+pub(super) const IDLE_MS: i64 = 100;
+
+impl IndexerGate {
+    /// The writer committed a group.
+    pub(super) fn committed(&self) {
+        self.last_commit
+            .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the indexer should wait now.
+    pub(super) fn should_wait(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.holds.load(Ordering::Relaxed) > 0
+            || crate::now_ms() - self.last_commit.load(Ordering::Relaxed) < IDLE_MS
+    }
+}
+
+/// Holds the background indexer off while it lives (see [`super::Store::hold_indexer`]).
+#[must_use = "the indexer is held off only while the hold lives"]
+pub struct IndexerHold(std::sync::Arc<IndexerGate>);
+
+impl IndexerHold {
+    pub(super) fn new(gate: std::sync::Arc<IndexerGate>) -> Self {
+        gate.holds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(gate)
+    }
+}
+
+impl Drop for IndexerHold {
+    fn drop(&mut self) {
+        self.0
+            .holds
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -282,6 +282,7 @@ pub async fn run(
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<Summary, SourceError> {
     let mut summary = Summary::default();
+    let _hold = store.hold_indexer();
     if let Some(open) = store.source_run_open(Source::Cbc).await? {
         let saved: Progress = serde_json::from_str(&open.progress).unwrap_or_default();
         tracing::info!(

@@ -195,6 +195,7 @@ pub async fn run(
     client: &LdClient,
     opts: Options,
 ) -> Result<Summary, BackfillError> {
+    let _hold = store.hold_indexer();
     let spec = opts
         .policy
         .as_ref()

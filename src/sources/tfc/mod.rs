@@ -315,6 +315,7 @@ pub async fn run(
         after
     };
     let mut summary = Summary::default();
+    let _hold = store.hold_indexer();
     if let Some(open) = store.source_run_open(Source::Tfc).await? {
         let saved: Progress = serde_json::from_str(&open.progress).unwrap_or_default();
         tracing::info!(source = "tfc", run = open.id, covered = ?saved.covered, "resuming an unfinished Terraform Cloud run");
