@@ -132,12 +132,17 @@ fn parse_cursor(v: &str) -> Option<Cursor> {
 }
 
 fn link(path: &str, params: &[(String, String)], cursor: Option<&Cursor>) -> Value {
+    link_with(path, params, cursor.map(|c| format!("{}_{}", c.date, c.id)))
+}
+
+/// A `{href, type}` link to `path` with `params` and, when given, the encoded `cursor`.
+pub fn link_with(path: &str, params: &[(String, String)], cursor: Option<String>) -> Value {
     let mut ser = form_urlencoded::Serializer::new(String::new());
     for (k, v) in params {
         ser.append_pair(k, v);
     }
     if let Some(c) = cursor {
-        ser.append_pair("cursor", &format!("{}_{}", c.date, c.id));
+        ser.append_pair("cursor", &c);
     }
     let query = ser.finish();
     let href = if query.is_empty() {

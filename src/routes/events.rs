@@ -5,7 +5,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
 use axum::Router;
 use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::error::{ApiError, Result};
 use crate::event::Source;
@@ -110,20 +110,7 @@ fn parse_params(query: Option<&str>) -> Result<Params> {
 }
 
 fn link(params: &[(String, String)], cursor: Option<&Cursor>) -> Value {
-    let mut ser = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in params {
-        ser.append_pair(k, v);
-    }
-    if let Some(c) = cursor {
-        ser.append_pair("cursor", &encode_cursor(c));
-    }
-    let query = ser.finish();
-    let href = if query.is_empty() {
-        LIST_PATH.to_owned()
-    } else {
-        format!("{LIST_PATH}?{query}")
-    };
-    json!({"href": href, "type": "application/json"})
+    crate::routes::auditlog::link_with(LIST_PATH, params, cursor.map(encode_cursor))
 }
 
 #[tracing::instrument(skip_all)]

@@ -635,6 +635,22 @@ pub async fn run_poller<P, F>(
     .await;
 }
 
+/// Stores a page's events in one request (all or nothing); returns (new, duplicates).
+pub async fn store_events(
+    store: &Store,
+    events: &[crate::event::NewEvent],
+) -> Result<(u64, u64), SourceError> {
+    if events.is_empty() {
+        return Ok((0, 0));
+    }
+    let outcomes = store.insert_many(events.to_vec()).await?;
+    let new = outcomes
+        .iter()
+        .filter(|o| **o == crate::store::Inserted::Stored)
+        .count() as u64;
+    Ok((new, outcomes.len() as u64 - new))
+}
+
 /// A run's progress saved as JSON, only after what it covers is committed.
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())

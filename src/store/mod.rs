@@ -247,6 +247,39 @@ pub(crate) const EXPORT_BATCH: usize = 512;
 /// slow reader of large events holds a few MiB, not `EXPORT_BATCH` events.
 pub(crate) const EXPORT_BATCH_BYTES: usize = 2 * 1024 * 1024;
 
+/// Events the search indexer indexes per transaction (short, so a writer waking up waits
+/// little).
+pub(crate) const INDEX_BATCH: i64 = 500;
+
+/// Gathers export rows into the batches an export hands over: at most [`EXPORT_BATCH`]
+/// rows, closed once past [`EXPORT_BATCH_BYTES`].
+#[derive(Default)]
+pub(crate) struct ExportBatcher {
+    batch: Vec<ExportRow>,
+    bytes: usize,
+}
+
+impl ExportBatcher {
+    /// Adds `row`; returns the batch it closed, if it closed one.
+    pub(crate) fn push(&mut self, row: ExportRow) -> Option<Vec<ExportRow>> {
+        self.bytes += row.size();
+        self.batch.push(row);
+        if self.batch.len() < EXPORT_BATCH && self.bytes < EXPORT_BATCH_BYTES {
+            return None;
+        }
+        self.bytes = 0;
+        Some(std::mem::replace(
+            &mut self.batch,
+            Vec::with_capacity(EXPORT_BATCH),
+        ))
+    }
+
+    /// The last, partial batch, if any.
+    pub(crate) fn finish(self) -> Option<Vec<ExportRow>> {
+        (!self.batch.is_empty()).then_some(self.batch)
+    }
+}
+
 impl ExportRow {
     /// About how many bytes the row holds.
     pub(crate) fn size(&self) -> usize {

@@ -23,14 +23,11 @@ use tokio_util::sync::CancellationToken;
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
     AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
-    QueueBatch, SourceRun, StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_BATCH,
-    EXPORT_BATCH_BYTES, EXPORT_COLUMNS,
+    QueueBatch, SourceRun, StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_COLUMNS, INDEX_BATCH,
 };
 use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
 
-/// Events indexed per transaction (short, so a writer waking up waits little).
-const INDEX_BATCH: i64 = 500;
 /// How long a request waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Statements slower than this are logged as warnings.
@@ -293,8 +290,7 @@ impl PgStore {
                 q.filter(&filter);
                 q.sql.push_str(" ORDER BY date, id, source");
                 let mut rows = q.query().fetch(&pool);
-                let mut batch = Vec::with_capacity(EXPORT_BATCH);
-                let mut bytes = 0usize;
+                let mut batches = super::ExportBatcher::default();
                 while let Some(r) = rows.try_next().await? {
                     let row = ExportRow {
                         seq: r.try_get(0)?,
@@ -314,19 +310,15 @@ impl PgStore {
                         resource: r.try_get(14)?,
                         raw: r.try_get(15)?,
                     };
-                    bytes += row.size();
-                    batch.push(row);
-                    if batch.len() == EXPORT_BATCH || bytes >= EXPORT_BATCH_BYTES {
-                        bytes = 0;
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH));
+                    if let Some(full) = batches.push(row) {
                         if tx.send(Ok(full)).await.is_err() {
                             // The reader went away (client disconnected): stop the query.
                             return Ok(());
                         }
                     }
                 }
-                if !batch.is_empty() {
-                    let _ = tx.send(Ok(batch)).await;
+                if let Some(last) = batches.finish() {
+                    let _ = tx.send(Ok(last)).await;
                 }
                 Ok::<(), StoreError>(())
             };

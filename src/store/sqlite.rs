@@ -12,8 +12,7 @@ use tokio::sync::mpsc;
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
     AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
-    QueueBatch, SourceRun, StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_BATCH,
-    EXPORT_BATCH_BYTES, EXPORT_COLUMNS,
+    QueueBatch, SourceRun, StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_COLUMNS, INDEX_BATCH,
 };
 use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
@@ -439,8 +438,7 @@ impl SqliteStore {
                 sql.push_str(" ORDER BY date, id, source");
                 let mut stmt = conn.prepare(&sql)?;
                 let mut rows = stmt.query(params_from_iter(args.iter()))?;
-                let mut batch = Vec::with_capacity(EXPORT_BATCH);
-                let mut bytes = 0usize;
+                let mut batches = super::ExportBatcher::default();
                 while let Some(r) = rows.next()? {
                     let row = ExportRow {
                         seq: r.get(0)?,
@@ -460,19 +458,15 @@ impl SqliteStore {
                         resource: r.get(14)?,
                         raw: r.get(15)?,
                     };
-                    bytes += row.size();
-                    batch.push(row);
-                    if batch.len() == EXPORT_BATCH || bytes >= EXPORT_BATCH_BYTES {
-                        bytes = 0;
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH));
+                    if let Some(full) = batches.push(row) {
                         if tx.blocking_send(Ok(full)).is_err() {
                             // The reader went away (client disconnected): stop the query.
                             return Ok(());
                         }
                     }
                 }
-                if !batch.is_empty() {
-                    let _ = tx.blocking_send(Ok(batch));
+                if let Some(last) = batches.finish() {
+                    let _ = tx.blocking_send(Ok(last));
                 }
                 Ok(())
             };
@@ -1185,9 +1179,6 @@ fn insert_all<'a>(
     tx.commit()?;
     Ok(outcomes)
 }
-
-/// Events indexed per transaction (short, so a writer waking up waits little).
-const INDEX_BATCH: i64 = 500;
 
 /// Fills the trigram index in batches, staying out of the writer's way: it works only when
 /// no group has committed for 100 ms, so ingest under load keeps the machine.

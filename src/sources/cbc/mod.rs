@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use self::client::{CbcClient, SearchPage};
 use super::SourceError;
 use crate::event::{Channel, NewEvent, Source};
-use crate::store::{Inserted, Store};
+use crate::store::Store;
 
 /// Chunks a run is split into at most, and the shortest chunk.
 const MAX_CHUNKS: i64 = 64;
@@ -199,12 +199,7 @@ impl RunState {
 }
 
 async fn store_results(store: &Store, page: &SearchPage) -> Result<(u64, u64), SourceError> {
-    if page.events.is_empty() {
-        return Ok((0, 0));
-    }
-    let outcomes = store.insert_many(page.events.clone()).await?;
-    let new = outcomes.iter().filter(|o| **o == Inserted::Stored).count() as u64;
-    Ok((new, outcomes.len() as u64 - new))
+    super::store_events(store, &page.events).await
 }
 
 /// Reads one chunk `[cursor, end]` to its end; returns (new, duplicates, searches).

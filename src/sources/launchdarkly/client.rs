@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -13,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::now_ms;
+use crate::sources::{jitter, read_bounded};
 
 /// Page size used for every request (LaunchDarkly's maximum).
 pub const PAGE_LIMIT: u32 = 20;
@@ -20,8 +20,6 @@ pub const PAGE_LIMIT: u32 = 20;
 const MAX_ATTEMPTS: u32 = 8;
 /// Waits on 429 for one page before giving up.
 const MAX_RATE_LIMIT_WAITS: u32 = 100;
-/// Longest backoff between attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why fetching stopped. `Fatal` errors are not retried.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +45,7 @@ pub enum LdError {
 }
 
 /// Largest answer read from LaunchDarkly (a page of 20 entries is a few tens of KB).
-pub const MAX_PAGE_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_PAGE_BYTES: usize = crate::sources::MAX_ANSWER_BYTES;
 /// Longest wait a rate-limit header can ask for: the headers are untrusted input.
 pub const MAX_RATE_LIMIT_WAIT_MS: i64 = 60_000;
 
@@ -126,10 +124,6 @@ fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
         .ok()
         .filter(|f| f.is_finite())
         .map(|f| f as i64)
-}
-
-fn jitter(max_ms: u64) -> Duration {
-    Duration::from_millis(rand::thread_rng().gen_range(0..=max_ms))
 }
 
 /// A client for one LaunchDarkly account.
@@ -427,30 +421,10 @@ impl LdClient {
                 });
             }
             Stats::bump(&self.stats.retries);
-            let backoff = Duration::from_millis(200 * 2u64.pow(attempts.min(10))).min(MAX_BACKOFF);
             tracing::debug!(attempt = attempts, error = %failure, "retrying page");
-            tokio::time::sleep(backoff / 2 + jitter(backoff.as_millis() as u64 / 2)).await;
+            tokio::time::sleep(crate::sources::backoff(attempts)).await;
         }
     }
-}
-
-/// The body, read chunk by chunk up to [`MAX_PAGE_BYTES`]: `Err(None)` past that, whatever
-/// `Content-Length` says (it may be absent or wrong).
-async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, Option<reqwest::Error>> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_PAGE_BYTES as u64)
-    {
-        return Err(None);
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(Some)? {
-        if body.len() + chunk.len() > MAX_PAGE_BYTES {
-            return Err(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 async fn error_message(mut resp: reqwest::Response) -> String {

@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use self::client::{Page, TfcClient};
 use super::SourceError;
 use crate::event::{Channel, NewEvent, Source, MAX_ID_LEN};
-use crate::store::{Filter, Inserted, Store};
+use crate::store::{Filter, Store};
 
 /// Terraform Cloud keeps audit events this long.
 pub const RETENTION_MS: i64 = 14 * 24 * 3600 * 1000;
@@ -272,12 +272,7 @@ struct Walked {
 
 /// Stores a page's events (all or nothing); returns (new, duplicates).
 async fn store_page(store: &Store, page: &Page) -> Result<(u64, u64), SourceError> {
-    if page.events.is_empty() {
-        return Ok((0, 0));
-    }
-    let outcomes = store.insert_many(page.events.clone()).await?;
-    let new = outcomes.iter().filter(|o| **o == Inserted::Stored).count() as u64;
-    Ok((new, outcomes.len() as u64 - new))
+    super::store_events(store, &page.events).await
 }
 
 fn walked(page_no: u64, page: &Page) -> Walked {
