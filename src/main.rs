@@ -261,20 +261,42 @@ fn source_of(s: SourceArg) -> audithook::event::Source {
     }
 }
 
-/// A progress bar on a terminal (none otherwise: the run logs as it goes).
-fn progress_bar() -> Option<indicatif::ProgressBar> {
+/// A progress bar on a terminal; otherwise a hidden one whose position a log line reports
+/// every 10 seconds (`steps` names what it counts).
+fn progress_bar(steps: &'static str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
-    std::io::stderr().is_terminal().then(|| {
+    if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(1);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ETA {eta} {msg}",
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} ETA {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        bar.set_message(steps);
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        bar
-    })
+        return bar;
+    }
+    let bar = indicatif::ProgressBar::hidden();
+    let watched = bar.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if watched.is_finished() {
+                return;
+            }
+            tracing::info!(
+                done = watched.position(),
+                of = watched.length().unwrap_or(0),
+                "backfill progress: {} of {} {steps}",
+                watched.position(),
+                watched.length().unwrap_or(0)
+            );
+        }
+    });
+    bar
 }
 
 /// `backfill --source tfc|cbc`.
@@ -301,7 +323,11 @@ async fn backfill_source(config: Config, args: BackfillArgs) -> anyhow::Result<(
         )
         .await
     };
-    let bar = progress_bar();
+    let bar = progress_bar(if args.source == SourceArg::Tfc {
+        "pages"
+    } else {
+        "time chunks"
+    });
     let (store, result) = match args.source {
         SourceArg::Tfc => {
             let client = config.tfc_client().map_err(anyhow::Error::msg)?.ok_or_else(|| {
@@ -309,7 +335,7 @@ async fn backfill_source(config: Config, args: BackfillArgs) -> anyhow::Result<(
             })?;
             let store = store().await?;
             let after = args.after.unwrap_or_else(|| tfc::oldest_since(now));
-            let result = tfc::run(&store, &client, after, concurrency, bar.as_ref())
+            let result = tfc::run(&store, &client, after, concurrency, Some(&bar))
                 .await
                 .map(|s| (s.resumed, s.to_string()));
             (store, result)
@@ -321,15 +347,13 @@ async fn backfill_source(config: Config, args: BackfillArgs) -> anyhow::Result<(
             let store = store().await?;
             let after = args.after.unwrap_or(now - 30 * 24 * 3600 * 1000);
             let before = args.before.unwrap_or(now);
-            let result = cbc::run(&store, &client, after, before, concurrency, bar.as_ref())
+            let result = cbc::run(&store, &client, after, before, concurrency, Some(&bar))
                 .await
                 .map(|s| (s.resumed, s.to_string()));
             (store, result)
         }
     };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    bar.finish_and_clear();
     store.close().await;
     let (resumed, summary) = result?;
     let verb = if resumed {
