@@ -55,7 +55,8 @@ fn keys(page: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn app_with(events: Vec<NewEvent>) -> (TestApp, audithook::store::Store) {
+/// The app, a second store on its database holding `events`, and the database's URL.
+async fn app_with(events: Vec<NewEvent>) -> (TestApp, audithook::store::Store, String) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_for_backend(dir.path()).await;
     let url = cfg.database_url.clone();
@@ -67,7 +68,7 @@ async fn app_with(events: Vec<NewEvent>) -> (TestApp, audithook::store::Store) {
     .await
     .unwrap();
     store.insert_many(events).await.unwrap();
-    (app, store)
+    (app, store, url)
 }
 
 /// 90 events, 30 per source, on 6 distinct milliseconds (many ties), one id shared by
@@ -95,7 +96,7 @@ async fn paging_is_exact_across_sources_with_arrivals_between_pages() {
         .iter()
         .map(|e| (e.date, e.id.clone(), e.source.as_str().to_owned()))
         .collect();
-    let (app, store) = app_with(events).await;
+    let (app, store, _) = app_with(events).await;
     let mut seen: Vec<(String, String)> = Vec::new();
     let mut path = "/api/events?limit=7".to_owned();
     let mut round = 0u64;
@@ -133,7 +134,7 @@ async fn paging_is_exact_across_sources_with_arrivals_between_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_select_exactly_and_bad_parameters_are_named() {
-    let (app, store) = app_with(mixed()).await;
+    let (app, store, _) = app_with(mixed()).await;
     let count = |path: String| {
         let app = &app;
         async move {
@@ -194,7 +195,7 @@ async fn filters_select_exactly_and_bad_parameters_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_and_queues_filter_by_source_and_carry_envelopes() {
-    let (app, store) = app_with(mixed()).await;
+    let (app, store, url) = app_with(mixed()).await;
     let csv = app
         .read("/export.csv?source=tfc&columns=source,id,date,actor,summary&before=1700000000001")
         .await
@@ -256,6 +257,33 @@ async fn exports_and_queues_filter_by_source_and_carry_envelopes() {
     }
     assert_eq!(got.len(), 31);
     assert_eq!(got.iter().collect::<HashSet<_>>().len(), 31);
+    // `audithook export` takes the same filters.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_audithook"))
+        .args([
+            "export",
+            "--source",
+            "tfc",
+            "--actor",
+            "pat",
+            "--before",
+            "1700000000001",
+            "--columns",
+            "source,id,actor,summary",
+        ])
+        .env("AUDITHOOK_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+    assert_eq!(
+        text.lines().nth(1),
+        Some("tfc,00000000-0000-4000-8000-000000000000,pat,pat update workspace ws-1")
+    );
     store.close().await;
     app.stop().await;
 }

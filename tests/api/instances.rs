@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::fake_ld::{entries, FakeConfig, FakeLd};
-use crate::helpers::{hook_payload, take_queue, TestDb, API_TOKEN, HOOK_TOKEN};
+use crate::helpers::{hook_payload, stored_ids_at, take_queue, TestDb, API_TOKEN, HOOK_TOKEN};
 
 /// One `audithook serve` process.
 struct Instance {
@@ -592,5 +592,83 @@ async fn instances_starting_together_agree_on_generated_tokens() {
         assert_eq!(r.status(), 200);
     }
     drop((a, b));
+    db.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_source_is_polled_by_one_instance_and_fails_over() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let now = crate::fake_tfc::now_ms();
+    let tfc = crate::fake_tfc::FakeTfc::start(
+        &crate::fake_tfc::events(300, now - 60_000, 60_000),
+        crate::fake_tfc::FakeConfig::default(),
+    )
+    .await;
+    let cbc = crate::fake_cbc::FakeCbc::start(
+        &crate::fake_cbc::records(200, now - 3_600_000, 10_000),
+        crate::fake_cbc::FakeConfig::default(),
+    )
+    .await;
+    let env = [
+        ("TFC_API_TOKEN", crate::fake_tfc::ORG_TOKEN),
+        ("TFC_BASE_URL", tfc.base.as_str()),
+        ("CBC_API_ID", crate::fake_cbc::API_ID),
+        ("CBC_API_SECRET", crate::fake_cbc::API_SECRET),
+        ("CBC_ORG_KEY", crate::fake_cbc::ORG_KEY),
+        ("CBC_BASE_URL", cbc.base.as_str()),
+        ("AUDITHOOK_POLL_INTERVAL", "1s"),
+    ];
+    let (a, b) = tokio::join!(
+        Instance::start(&db.url, &env),
+        Instance::start(&db.url, &env)
+    );
+    let want = 300 + cbc.records().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_ids_at(&db.url).len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "the pollers did not store everything"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several intervals with both running: each source polled from one instance only.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for source in ["tfc", "cbc"] {
+        let held = format!("audithook_source_lease_held{{source=\"{source}\"}}");
+        let requests = format!("audithook_source_requests_total{{source=\"{source}\"}}");
+        let (ha, hb) = (a.metric(&held).await, b.metric(&held).await);
+        assert_eq!(ha + hb, 1.0, "{source}: {ha} + {hb}");
+        let standby = if ha == 1.0 { &b } else { &a };
+        assert_eq!(
+            standby.metric(&requests).await,
+            0.0,
+            "{source}: the standby polled"
+        );
+    }
+    assert_eq!(stored_ids_at(&db.url).len(), want);
+    // The TFC holder dies; the other instance takes over and stores what arrives next.
+    let held = "audithook_source_lease_held{source=\"tfc\"}";
+    let (mut holder, standby) = if a.metric(held).await == 1.0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    holder.kill();
+    tfc.arrive();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_ids_at(&db.url).len() < want + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no failover: {}",
+            standby.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(standby.metric(held).await, 1.0);
+    drop(standby);
+    tfc.stop();
+    cbc.stop();
     db.remove().await;
 }
