@@ -247,6 +247,13 @@ pub(crate) const EXPORT_BATCH: usize = 512;
 /// slow reader of large events holds a few MiB, not `EXPORT_BATCH` events.
 pub(crate) const EXPORT_BATCH_BYTES: usize = 2 * 1024 * 1024;
 
+/// Deletes the finished runs of run `?1`'s source older than its last ten: a poll a minute
+/// would otherwise add half a million rows a year (the position is the newest's end).
+pub(crate) const PRUNE_SOURCE_RUNS: &str = "DELETE FROM source_runs WHERE finished_at IS NOT NULL \
+     AND source = (SELECT source FROM source_runs WHERE id = ?1) \
+     AND id < (SELECT min(id) FROM (SELECT id FROM source_runs WHERE finished_at IS NOT NULL \
+     AND source = (SELECT source FROM source_runs WHERE id = ?1) ORDER BY id DESC LIMIT 10) AS newest)";
+
 /// Events the search indexer indexes per transaction (short, so a writer waking up waits
 /// little).
 pub(crate) const INDEX_BATCH: i64 = 500;

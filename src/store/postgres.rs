@@ -548,6 +548,12 @@ impl PgStore {
         .bind(finished)
         .execute(&self.pool)
         .await?;
+        if finished {
+            sqlx::query(&super::PRUNE_SOURCE_RUNS.replace("?1", "$1"))
+                .bind(run)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 

@@ -686,6 +686,9 @@ impl SqliteStore {
                  finished_at = CASE WHEN ?3 THEN ?4 ELSE finished_at END WHERE id = ?1",
                 params![run, progress, finished, now_ms()],
             )?;
+            if finished {
+                c.execute(super::PRUNE_SOURCE_RUNS, [run])?;
+            }
             Ok(())
         })
         .await

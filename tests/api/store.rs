@@ -55,7 +55,48 @@ store_suite!(
     explicit_acks_redeliver_what_was_not_acknowledged,
     migration_carries_launchdarkly_events_over_to_source_identity,
     one_id_in_two_sources_is_two_events,
+    source_runs_resume_and_keep_their_last_ten,
 );
+
+async fn source_runs_resume_and_keep_their_last_ten(db: &TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.source_position(Source::Tfc).await.unwrap(), None);
+    assert_eq!(store.source_run_open(Source::Tfc).await.unwrap(), None);
+    for i in 0..15i64 {
+        let run = store
+            .source_run_create(Source::Tfc, i * 100, i * 100 + 50, "{}")
+            .await
+            .unwrap();
+        // Unfinished, it is what a rerun resumes, with its saved progress.
+        store
+            .source_run_save(run, "{\"covered\":7}", false)
+            .await
+            .unwrap();
+        let open = store.source_run_open(Source::Tfc).await.unwrap().unwrap();
+        assert_eq!(
+            (open.id, open.after, open.before),
+            (run, i * 100, i * 100 + 50)
+        );
+        assert_eq!(open.progress, "{\"covered\":7}");
+        assert_eq!(
+            store.source_position(Source::Tfc).await.unwrap(),
+            (i > 0).then(|| i * 100 - 50)
+        );
+        store.source_run_save(run, "{}", true).await.unwrap();
+    }
+    assert_eq!(store.source_run_open(Source::Tfc).await.unwrap(), None);
+    assert_eq!(
+        store.source_position(Source::Tfc).await.unwrap(),
+        Some(1450)
+    );
+    assert_eq!(store.source_position(Source::Cbc).await.unwrap(), None);
+    let kept = crate::helpers::query_strings(
+        &db.url,
+        "SELECT CAST(count(*) AS TEXT) FROM source_runs WHERE source = 'tfc'",
+    );
+    assert_eq!(kept, ["10"]);
+    store.close().await;
+}
 
 /// The migrations before the multi-source one, as an archive written by the previous
 /// release has them applied.
