@@ -18,11 +18,8 @@ use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
-/// WAL pages after which a commit checkpoints (SQLite's default is 1,000).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
-
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
-const WRITER_CACHE_KIB: i64 = -65_536;
+const WRITER_CACHE_KIB: i64 = -32_768;
 
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 16;
@@ -107,11 +104,6 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Checkpoint every ~40 MB of WAL rather than SQLite's 4 MB: a batch of events with
-    // random ids dirties index pages all over, and pages rewritten by several commits are
-    // then copied into the database once, not once per commit (a backfill storing
-    // 1,000-event pages runs ~25% faster). The WAL stays bounded by it.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     Ok(conn)
 }
 
