@@ -53,6 +53,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         20261130000000,
         include_str!("../../migrations/postgres/20261130000000_sources.sql"),
     ),
+    (
+        20261130010000,
+        include_str!("../../migrations/postgres/20261130010000_lz4.sql"),
+    ),
 ];
 
 /// Stored events the search index has not reached.

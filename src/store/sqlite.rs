@@ -18,9 +18,6 @@ use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
 use crate::now_ms;
 
-/// The writer connection's page cache, in KiB (as a negative `cache_size`).
-const WRITER_CACHE_KIB: i64 = -32_768;
-
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 16;
 
@@ -176,9 +173,6 @@ impl SqliteStore {
                 })?;
                 migrate(&mut conn)
                     .map_err(|e| anyhow::anyhow!("migrating {}: {e}", path.display()))?;
-                // The writer touches index pages all over the table (ids are random): a
-                // larger page cache than SQLite's 2 MB default keeps them in memory.
-                conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
                 Ok(conn)
             }
         })
