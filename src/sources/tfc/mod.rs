@@ -390,12 +390,18 @@ async fn walk(
         first = client.page(since, start).await?;
         summary.pages += 1;
     }
-    if start > 1 && covered.is_some_and(|c| first.events.first().is_some_and(|e| e.date < c)) {
-        // The store holds events the API no longer lists newer than `covered`: count
-        // from the top instead.
-        start = 1;
-        first = client.page(since, 1).await?;
-        summary.pages += 1;
+    // The page starts at offset (start - 1) * size; while that is below the stored count,
+    // its first item must be newer than `covered` (events created since only push items
+    // down). If it is not, the store holds events newer than `covered` that the API no
+    // longer lists: count from the top instead. (At an offset equal to the count, the
+    // first item is rightly not newer.)
+    if let (Some(c), Some(n)) = (covered, stored_newer) {
+        let offset = (start - 1) * size;
+        if start > 1 && offset < n && first.events.first().is_some_and(|e| e.date <= c) {
+            start = 1;
+            first = client.page(since, 1).await?;
+            summary.pages += 1;
+        }
     }
     if start == 1 && first.total_count == 0 && crate::now_ms() - since > 24 * 3600 * 1000 {
         tracing::warn!(
