@@ -161,18 +161,14 @@ async fn list_entries(
     let mut params = parse_list_params(query.as_deref())?;
     // LaunchDarkly's API: LaunchDarkly's events only.
     params.filter.sources = vec![Source::LaunchDarkly.as_str().to_owned()];
-    let page = PageSpec {
-        offset: params.offset,
-        limit: params.limit + 1,
-        max_bytes: PAGE_MAX_BYTES,
-    };
-    let listed = store
-        .list_page(&params.filter, params.cursor.as_ref(), page)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let mut rows = listed.rows;
-    let more = rows.len() > params.limit || listed.cut;
-    rows.truncate(params.limit);
+    let (rows, more) = read_page(
+        &store,
+        &params.filter,
+        params.cursor.as_ref(),
+        params.offset,
+        params.limit,
+    )
+    .await?;
     let mut links = serde_json::Map::new();
     links.insert(
         "self".into(),
@@ -198,6 +194,30 @@ async fn list_entries(
         let _ = serde_json::to_writer(&mut *out, &links);
         out.push(b'}');
     }))
+}
+
+/// Up to `limit` events of a newest-first listing (at most [`PAGE_MAX_BYTES`] of them),
+/// and whether more remain.
+pub async fn read_page(
+    store: &crate::store::Store,
+    filter: &Filter,
+    cursor: Option<&Cursor>,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<crate::store::StoredEvent>, bool)> {
+    let page = PageSpec {
+        offset,
+        limit: limit + 1,
+        max_bytes: PAGE_MAX_BYTES,
+    };
+    let listed = store
+        .list_page(filter, cursor, page)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let mut rows = listed.rows;
+    let more = rows.len() > limit || listed.cut;
+    rows.truncate(limit);
+    Ok((rows, more))
 }
 
 /// A JSON answer written straight into its body.

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::error::{ApiError, Result};
 use crate::event::Source;
-use crate::routes::auditlog::{apply_filter_param, json_body, parse_limit, PAGE_MAX_BYTES};
-use crate::store::{Cursor, Filter, PageSpec};
+use crate::routes::auditlog::{apply_filter_param, json_body, parse_limit, read_page};
+use crate::store::{Cursor, Filter};
 use crate::AppState;
 
 /// Path of the listing route.
@@ -119,18 +119,14 @@ async fn list_events(
     RawQuery(query): RawQuery,
 ) -> Result<axum::response::Response> {
     let params = parse_params(query.as_deref())?;
-    let page = PageSpec {
-        offset: 0,
-        limit: params.limit + 1,
-        max_bytes: PAGE_MAX_BYTES,
-    };
-    let listed = store
-        .list_page(&params.filter, params.cursor.as_ref(), page)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let mut rows = listed.rows;
-    let more = rows.len() > params.limit || listed.cut;
-    rows.truncate(params.limit);
+    let (rows, more) = read_page(
+        &store,
+        &params.filter,
+        params.cursor.as_ref(),
+        0,
+        params.limit,
+    )
+    .await?;
     let mut links = serde_json::Map::new();
     links.insert(
         "self".into(),
