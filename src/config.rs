@@ -156,9 +156,24 @@ pub struct Config {
     /// How often `serve` polls Terraform Cloud and Carbon Black Cloud.
     #[arg(long, env = "AUDITHOOK_POLL_INTERVAL", default_value = "1m", value_parser = parse_duration, global = true)]
     pub poll_interval: std::time::Duration,
+
+    /// The destinations file (TOML): where stored events are forwarded. Unset: no
+    /// forwarding.
+    #[arg(long, env = "AUDITHOOK_DESTINATIONS", global = true)]
+    pub destinations: Option<PathBuf>,
 }
 
 impl Config {
+    /// The destinations of `AUDITHOOK_DESTINATIONS` (none when unset), validated; the error
+    /// names the file, the destination and the field of every problem.
+    pub fn load_destinations(&self) -> Result<Vec<crate::forward::Destination>, String> {
+        let Some(path) = &self.destinations else {
+            return Ok(Vec::new());
+        };
+        crate::forward::config::load(path, &|name| std::env::var(name).ok())
+            .map_err(|e| format!("AUDITHOOK_DESTINATIONS: {e}"))
+    }
+
     /// The Terraform Cloud client, when TFC_API_TOKEN is set; an error naming the variable
     /// when a setting is malformed.
     pub fn tfc_client(&self) -> Result<Option<crate::sources::tfc::client::TfcClient>, String> {
@@ -246,11 +261,12 @@ impl std::fmt::Debug for Config {
             .field("cbc_org_key", &self.cbc_org_key)
             .field("cbc_base_url", &self.cbc_base_url)
             .field("poll_interval", &self.poll_interval)
+            .field("destinations", &self.destinations)
             .finish()
     }
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::sources::launchdarkly::parse_duration(s)
 }
 
@@ -289,6 +305,7 @@ impl Config {
             cbc_org_key: None,
             cbc_base_url: None,
             poll_interval: std::time::Duration::from_secs(60),
+            destinations: None,
         }
     }
 }

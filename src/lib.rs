@@ -46,6 +46,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Permits for exports running at once (`AUDITHOOK_MAX_EXPORTS`).
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// The configured destinations (`AUDITHOOK_DESTINATIONS`).
+    pub forwarding: Arc<forward::Forwarding>,
 }
 
 /// The router with every route and layer.
@@ -64,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::preview::router())
         .merge(routes::export::router())
         .merge(routes::queue::router())
+        .merge(routes::destinations::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_read_token,
@@ -232,6 +235,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
         anyhow::bail!("AUDITHOOK_HOOK_TOKEN and AUDITHOOK_API_TOKEN must differ: the token LaunchDarkly holds must not read");
     }
     let renderer = load_templates(&cfg)?;
+    let destinations = cfg.load_destinations().map_err(anyhow::Error::msg)?;
     let cfg_max_exports = cfg.max_exports;
     let hook_auth = HookAuth::new(
         hook_token,
@@ -247,6 +251,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<AppState> {
         renderer: Arc::new(renderer),
         shutdown: CancellationToken::new(),
         exports: Arc::new(tokio::sync::Semaphore::new(cfg_max_exports as usize)),
+        forwarding: Arc::new(forward::Forwarding::new(destinations)),
     })
 }
 
@@ -376,6 +381,15 @@ impl Application {
             "audithook listening"
         );
         let store = state.store.clone();
+        let forwarding = state
+            .forwarding
+            .start(
+                &state.store,
+                &state.metrics,
+                &state.cfg.ld_base_url,
+                &shutdown.child_token(),
+            )
+            .await?;
         let catchup = state.cfg.ld_api_token.clone().map(|token| {
             tokio::spawn(sources::launchdarkly::catchup::run_loop(
                 state.store.clone(),
@@ -421,6 +435,9 @@ impl Application {
         for task in [catchup, tfc, cbc].into_iter().flatten() {
             let _ = task.await;
         }
+        for task in forwarding {
+            let _ = task.await;
+        }
         store.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -449,5 +466,6 @@ pub async fn shutdown_signal() {
     }
 }
 pub mod export;
+pub mod forward;
 pub mod render;
 pub mod sources;

@@ -32,6 +32,16 @@ enum Command {
     Backfill(BackfillArgs),
     /// Write the archive as CSV or NDJSON, oldest first, streaming.
     Export(ExportArgs),
+    /// Work with the destinations file (AUDITHOOK_DESTINATIONS).
+    #[command(subcommand)]
+    Destinations(DestinationsCommand),
+}
+
+#[derive(Subcommand)]
+enum DestinationsCommand {
+    /// Validate the destinations file without sending anything; render one sample request
+    /// per LaunchDarkly-integration destination.
+    Check,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -147,6 +157,7 @@ async fn main() -> std::process::ExitCode {
         Command::Preview(args) => preview(cli.config, args).await,
         Command::Backfill(args) => backfill(cli.config, args).await,
         Command::Export(args) => export(cli.config, args).await,
+        Command::Destinations(DestinationsCommand::Check) => destinations_check(&cli.config),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -160,6 +171,64 @@ async fn main() -> std::process::ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let app = audithook::Application::build(config).await?;
     app.run_until_stopped().await
+}
+
+/// Validates AUDITHOOK_DESTINATIONS and prints what each destination would do.
+fn destinations_check(config: &Config) -> anyhow::Result<()> {
+    let Some(path) = &config.destinations else {
+        anyhow::bail!(
+            "AUDITHOOK_DESTINATIONS is not set: give the destinations file (--destinations FILE)"
+        );
+    };
+    let dests = config.load_destinations().map_err(anyhow::Error::msg)?;
+    let mut failed = false;
+    println!("{}: {} destination(s)", path.display(), dests.len());
+    for d in &dests {
+        let sources = if d.sources.is_empty() {
+            "every source".to_owned()
+        } else {
+            d.sources
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let start = match d.start {
+            audithook::forward::Start::Now => "from now".to_owned(),
+            audithook::forward::Start::At(t) => {
+                format!("from {}", audithook::event::rfc3339_ms(t))
+            }
+        };
+        println!(
+            "ok  {}  {} -> {}  (batch {}, {sources}, {start}{})",
+            d.name,
+            d.kind.name(),
+            d.kind.target(),
+            d.batch,
+            if d.policy.is_some() { ", policy" } else { "" }
+        );
+        if let Some(sample) = audithook::forward::sample(d, &config.ld_base_url) {
+            match sample {
+                Ok(text) => {
+                    println!("    sample request (secrets hidden):");
+                    for line in text.lines() {
+                        println!("    | {line}");
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!(
+                        "destination {:?}: rendering a sample event failed: {e}",
+                        d.name
+                    );
+                }
+            }
+        }
+    }
+    if failed {
+        anyhow::bail!("{}: a template failed on the sample event", path.display());
+    }
+    Ok(())
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

@@ -23,6 +23,21 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of a destination.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    pub destination: String,
+}
+
+/// Labels of a destination's failed attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationFailureLabels {
+    pub destination: String,
+    /// `http_5xx`, `http_429`, `http_408`, `auth`, `timeout`, `connect`, `tls`,
+    /// `bad_response`, `refused` (a dead letter), `render`.
+    pub class: &'static str,
+}
+
 /// Labels of a catch-up run.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -67,6 +82,13 @@ pub struct Metrics {
     pub source_lag: Family<SourceLabel, Gauge>,
     pub source_polls: Family<SourceResultLabels, Counter>,
     pub source_lease_held: Family<SourceLabel, Gauge>,
+    pub destination_delivered: Family<DestinationLabel, Counter>,
+    pub destination_attempts: Family<DestinationLabel, Counter>,
+    pub destination_failures: Family<DestinationFailureLabels, Counter>,
+    pub destination_dead_letters: Family<DestinationLabel, Counter>,
+    pub destination_lag_events: Family<DestinationLabel, Gauge>,
+    pub destination_lag_seconds: Family<DestinationLabel, Gauge>,
+    pub destination_lease_held: Family<DestinationLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -213,7 +235,56 @@ impl Metrics {
             "1 while this instance holds the source's polling lease",
             source_lease_held.clone(),
         );
+        let destination_delivered = Family::<DestinationLabel, Counter>::default();
+        let destination_attempts = Family::<DestinationLabel, Counter>::default();
+        let destination_failures = Family::<DestinationFailureLabels, Counter>::default();
+        let destination_dead_letters = Family::<DestinationLabel, Counter>::default();
+        let destination_lag_events = Family::<DestinationLabel, Gauge>::default();
+        let destination_lag_seconds = Family::<DestinationLabel, Gauge>::default();
+        let destination_lease_held = Family::<DestinationLabel, Gauge>::default();
+        registry.register(
+            "destination_delivered",
+            "Events a destination's receiver accepted",
+            destination_delivered.clone(),
+        );
+        registry.register(
+            "destination_attempts",
+            "Requests (or syslog writes) sent to a destination",
+            destination_attempts.clone(),
+        );
+        registry.register(
+            "destination_failures",
+            "Failed deliveries to a destination, by class",
+            destination_failures.clone(),
+        );
+        registry.register(
+            "destination_dead_letters",
+            "Events a destination's receiver refused (sent to its dead letters)",
+            destination_dead_letters.clone(),
+        );
+        registry.register(
+            "destination_lag_events",
+            "Stored events not yet settled for a destination",
+            destination_lag_events.clone(),
+        );
+        registry.register(
+            "destination_lag_seconds",
+            "How long the oldest event not yet settled for a destination has been stored",
+            destination_lag_seconds.clone(),
+        );
+        registry.register(
+            "destination_lease_held",
+            "1 while this instance delivers the destination (one instance of several does)",
+            destination_lease_held.clone(),
+        );
         Self {
+            destination_delivered,
+            destination_attempts,
+            destination_failures,
+            destination_dead_letters,
+            destination_lag_events,
+            destination_lag_seconds,
+            destination_lease_held,
             source_requests,
             source_rate_limited,
             source_events_new,

@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource.
 
 pub mod auditlog;
+pub mod destinations;
 pub mod events;
 pub mod export;
 pub mod health;

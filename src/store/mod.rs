@@ -690,3 +690,176 @@ impl Store {
         }
     }
 }
+
+/// A destination's row: its cursor and where it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationRow {
+    pub name: String,
+    /// Every event with `seq <= position` is settled (delivered, dead-lettered or filtered).
+    pub position: i64,
+    /// Events with `seq <= floor_seq` are delivered only when dated at or after `floor_date`
+    /// (a destination started, or replayed, from a time).
+    pub floor_seq: i64,
+    pub floor_date: i64,
+    /// Events delivered since the destination was created.
+    pub delivered: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A refusal to record as a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterIn {
+    pub seq: i64,
+    /// The receiver's HTTP status (none for a non-HTTP refusal).
+    pub status: Option<u16>,
+    pub error: String,
+    /// The first 20 KB of the receiver's answer.
+    pub body: String,
+}
+
+/// A dead letter as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub seq: i64,
+    pub source: String,
+    pub event_id: String,
+    pub status: Option<u16>,
+    pub error: String,
+    pub body: String,
+    pub at: i64,
+    pub replay: bool,
+}
+
+/// A destination's state for `/api/destinations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationStats {
+    pub row: DestinationRow,
+    /// Stored events past the cursor (of the destination's sources).
+    pub lag_events: i64,
+    /// When the oldest of them was stored (epoch ms).
+    pub oldest_pending_at: Option<i64>,
+    pub dead_letters: i64,
+    /// Dead letters waiting to be delivered again.
+    pub replaying: i64,
+}
+
+/// How a batch of a destination settled: the cursor moves from `from` to `to` (only if no
+/// replay moved it meanwhile), with what was delivered and refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settle {
+    pub from: i64,
+    pub to: i64,
+    pub delivered: i64,
+    pub dead: Vec<DeadLetterIn>,
+    /// Dead letters that were replayed: delivered now (deleted) ...
+    pub replayed_ok: Vec<i64>,
+    /// ... or refused again (their status and body updated, no longer marked for replay).
+    pub replayed_dead: Vec<(i64, DeadLetterIn)>,
+}
+
+impl Store {
+    /// The row of destination `name`, created if absent: a new destination starts at the
+    /// newest stored event (`from` = None), or at the events dated at or after `from`.
+    pub async fn destination_open(
+        &self,
+        name: &str,
+        from: Option<i64>,
+    ) -> Result<DestinationRow, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.destination_open(name.to_owned(), from).await,
+            Store::Postgres(s) => s.destination_open(name, from).await,
+        }
+    }
+
+    /// The row of destination `name`, if it has one.
+    pub async fn destination_get(&self, name: &str) -> Result<Option<DestinationRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.destination_get(name.to_owned()).await,
+            Store::Postgres(s) => s.destination_get(name).await,
+        }
+    }
+
+    /// Up to `limit` events past `row`'s cursor in arrival order (those its floor skips
+    /// left out), ending early past `max_bytes` (at least one).
+    pub async fn destination_read(
+        &self,
+        row: &DestinationRow,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.destination_read(row.clone(), limit, max_bytes).await,
+            Store::Postgres(s) => s.destination_read(row, limit, max_bytes).await,
+        }
+    }
+
+    /// Records how a batch settled, in one transaction. Returns false (and changes nothing)
+    /// when the cursor is no longer at `settle.from` (a replay moved it).
+    pub async fn destination_settle(&self, name: &str, settle: Settle) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.destination_settle(name.to_owned(), settle).await,
+            Store::Postgres(s) => s.destination_settle(name, settle).await,
+        }
+    }
+
+    /// Moves destination `name` back to the events dated at or after `after` (those stored
+    /// later are delivered as before). Returns the new row, or None for an unknown name.
+    pub async fn destination_replay_from(
+        &self,
+        name: &str,
+        after: i64,
+    ) -> Result<Option<DestinationRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.destination_replay_from(name.to_owned(), after).await,
+            Store::Postgres(s) => s.destination_replay_from(name, after).await,
+        }
+    }
+
+    /// Marks every dead letter of `name` for delivery again; returns how many.
+    pub async fn dead_letters_replay(&self, name: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.dead_letters_replay(name.to_owned()).await,
+            Store::Postgres(s) => s.dead_letters_replay(name).await,
+        }
+    }
+
+    /// Up to `limit` dead letters of `name` marked for replay, oldest first, with their
+    /// events.
+    pub async fn dead_letters_replaying(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, StoredEvent)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.dead_letters_replaying(name.to_owned(), limit).await,
+            Store::Postgres(s) => s.dead_letters_replaying(name, limit).await,
+        }
+    }
+
+    /// Dead letters of `name`, newest first, with ids below `before` (a page).
+    pub async fn dead_letters_list(
+        &self,
+        name: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.dead_letters_list(name.to_owned(), before, limit).await,
+            Store::Postgres(s) => s.dead_letters_list(name, before, limit).await,
+        }
+    }
+
+    /// Destination `name`'s state; `sources` (none = all) bounds the lag it counts.
+    pub async fn destination_stats(
+        &self,
+        name: &str,
+        sources: &[String],
+    ) -> Result<Option<DestinationStats>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.destination_stats(name.to_owned(), sources.to_vec()).await,
+            Store::Postgres(s) => s.destination_stats(name, sources).await,
+        }
+    }
+}

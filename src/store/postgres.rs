@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
-    AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
-    QueueBatch, SourceRun, StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_COLUMNS, INDEX_BATCH,
+    AckOutcome, BackfillJob, BackfillWindow, Cursor, DeadLetter, DestinationRow, DestinationStats,
+    ExportRow, Filter, Inserted, Listed, PageSpec, QueueBatch, Settle, SourceRun, StoreError,
+    StoredEvent, EVENT_COLUMNS, EXPORT_COLUMNS, INDEX_BATCH,
 };
 use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
@@ -1313,5 +1314,285 @@ mod tests {
             redact_error(&"password for pa/ss?x refused", slash),
             "password for *** refused"
         );
+    }
+}
+
+fn destination_row(r: &PgRow) -> Result<DestinationRow, sqlx::Error> {
+    Ok(DestinationRow {
+        name: r.try_get(0)?,
+        position: r.try_get(1)?,
+        floor_seq: r.try_get(2)?,
+        floor_date: r.try_get(3)?,
+        delivered: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+        updated_at: r.try_get(6)?,
+    })
+}
+
+const DESTINATION_COLUMNS: &str =
+    "name, position, floor_seq, floor_date, delivered, created_at, updated_at";
+
+/// The cursor and floor that start a destination at `from` (None: after the newest event).
+async fn destination_start(
+    c: &mut sqlx::PgConnection,
+    from: Option<i64>,
+) -> Result<(i64, i64, i64), sqlx::Error> {
+    let max: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0)::bigint FROM events")
+        .fetch_one(&mut *c)
+        .await?;
+    let Some(from) = from else {
+        return Ok((max, 0, 0));
+    };
+    let first: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM events WHERE date >= $1")
+        .bind(from)
+        .fetch_one(&mut *c)
+        .await?;
+    Ok((first.map_or(max, |f| f - 1), max, from))
+}
+
+impl PgStore {
+    pub(super) async fn destination_open(
+        &self,
+        name: &str,
+        from: Option<i64>,
+    ) -> Result<DestinationRow, StoreError> {
+        if let Some(row) = self.destination_get(name).await? {
+            return Ok(row);
+        }
+        let mut tx = self.pool.begin().await?;
+        let (position, floor_seq, floor_date) = destination_start(&mut tx, from).await?;
+        sqlx::query(&format!(
+            "INSERT INTO destinations (name, position, floor_seq, floor_date, delivered, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, 0, {NOW_MS}, {NOW_MS}) \
+             ON CONFLICT (name) DO NOTHING"
+        ))
+        .bind(name)
+        .bind(position)
+        .bind(floor_seq)
+        .bind(floor_date)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.destination_get(name)
+            .await?
+            .ok_or_else(|| StoreError::Other(format!("destination {name} vanished")))
+    }
+
+    pub(super) async fn destination_get(
+        &self,
+        name: &str,
+    ) -> Result<Option<DestinationRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(destination_row).transpose()?)
+    }
+
+    pub(super) async fn destination_read(
+        &self,
+        row: &DestinationRow,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        use futures_util::TryStreamExt;
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 \
+             AND (seq > $2 OR date >= $3) ORDER BY seq LIMIT $4"
+        );
+        let mut found = sqlx::query(&sql)
+            .bind(row.position)
+            .bind(row.floor_seq)
+            .bind(row.floor_date)
+            .bind(limit as i64)
+            .fetch(&self.pool);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(r) = found.try_next().await? {
+            let event = row_to_event(&r)?;
+            bytes += event.raw.len();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn destination_settle(
+        &self,
+        name: &str,
+        settle: Settle,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(&format!(
+            "UPDATE destinations SET position = $3, delivered = delivered + $4, \
+             updated_at = {NOW_MS} WHERE name = $1 AND position = $2"
+        ))
+        .bind(name)
+        .bind(settle.from)
+        .bind(settle.to)
+        .bind(settle.delivered + settle.replayed_ok.len() as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        for d in &settle.dead {
+            sqlx::query(&format!(
+                "INSERT INTO dead_letters (destination, seq, status, error, body, at) \
+                 VALUES ($1, $2, $3, $4, $5, {NOW_MS})"
+            ))
+            .bind(name)
+            .bind(d.seq)
+            .bind(d.status.map(i32::from))
+            .bind(&d.error)
+            .bind(&d.body)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !settle.replayed_ok.is_empty() {
+            sqlx::query("DELETE FROM dead_letters WHERE destination = $1 AND id = ANY($2)")
+                .bind(name)
+                .bind(&settle.replayed_ok)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (id, d) in &settle.replayed_dead {
+            sqlx::query(&format!(
+                "UPDATE dead_letters SET status = $3, error = $4, body = $5, at = {NOW_MS}, \
+                 replay = false WHERE id = $1 AND destination = $2"
+            ))
+            .bind(id)
+            .bind(name)
+            .bind(d.status.map(i32::from))
+            .bind(&d.error)
+            .bind(&d.body)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub(super) async fn destination_replay_from(
+        &self,
+        name: &str,
+        after: i64,
+    ) -> Result<Option<DestinationRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (position, floor_seq, floor_date) = destination_start(&mut tx, Some(after)).await?;
+        let row = sqlx::query(&format!(
+            "UPDATE destinations SET position = $2, floor_seq = $3, floor_date = $4, \
+             updated_at = {NOW_MS} WHERE name = $1 RETURNING {DESTINATION_COLUMNS}"
+        ))
+        .bind(name)
+        .bind(position)
+        .bind(floor_seq)
+        .bind(floor_date)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row.as_ref().map(destination_row).transpose()?)
+    }
+
+    pub(super) async fn dead_letters_replay(&self, name: &str) -> Result<u64, StoreError> {
+        let n = sqlx::query("UPDATE dead_letters SET replay = true WHERE destination = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
+    pub(super) async fn dead_letters_replaying(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, StoredEvent)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.seq, e.id, e.date, e.raw, e.source, e.actor, e.action, e.resource, \
+             e.summary, d.id FROM dead_letters d JOIN events e ON e.seq = d.seq \
+             WHERE d.destination = $1 AND d.replay ORDER BY d.id LIMIT $2",
+        )
+        .bind(name)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push((r.try_get(9)?, row_to_event(r)?));
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn dead_letters_list(
+        &self,
+        name: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.seq, coalesce(e.source, ''), coalesce(e.id, ''), d.status, \
+             d.error, d.body, d.at, d.replay FROM dead_letters d \
+             LEFT JOIN events e ON e.seq = d.seq \
+             WHERE d.destination = $1 AND d.id < $2 ORDER BY d.id DESC LIMIT $3",
+        )
+        .bind(name)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(DeadLetter {
+                id: r.try_get(0)?,
+                seq: r.try_get(1)?,
+                source: r.try_get(2)?,
+                event_id: r.try_get(3)?,
+                status: r.try_get::<Option<i32>, _>(4)?.map(|s| s as u16),
+                error: r.try_get(5)?,
+                body: r.try_get(6)?,
+                at: r.try_get(7)?,
+                replay: r.try_get(8)?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn destination_stats(
+        &self,
+        name: &str,
+        sources: &[String],
+    ) -> Result<Option<DestinationStats>, StoreError> {
+        let Some(row) = self.destination_get(name).await? else {
+            return Ok(None);
+        };
+        let (lag_events, oldest_pending_at): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(received_at) FROM events WHERE seq > $1 \
+             AND (seq > $2 OR date >= $3) AND (cardinality($4::text[]) = 0 OR source = ANY($4))",
+        )
+        .bind(row.position)
+        .bind(row.floor_seq)
+        .bind(row.floor_date)
+        .bind(sources)
+        .fetch_one(&self.pool)
+        .await?;
+        let (dead_letters, replaying): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE replay) FROM dead_letters WHERE destination = $1",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Some(DestinationStats {
+            row,
+            lag_events,
+            oldest_pending_at,
+            dead_letters,
+            replaying,
+        }))
     }
 }

@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 
 use super::writer::{gather, Group, WriteReq, Writer};
 use super::{
-    AckOutcome, BackfillJob, BackfillWindow, Cursor, ExportRow, Filter, Inserted, Listed, PageSpec,
-    QueueBatch, SourceRun, StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_COLUMNS, INDEX_BATCH,
+    AckOutcome, BackfillJob, BackfillWindow, Cursor, DeadLetter, DeadLetterIn, DestinationRow,
+    DestinationStats, ExportRow, Filter, Inserted, Listed, PageSpec, QueueBatch, Settle, SourceRun,
+    StoreError, StoredEvent, EVENT_COLUMNS, EXPORT_COLUMNS, INDEX_BATCH,
 };
 use crate::event::{NewEvent, Source};
 use crate::metrics::Metrics;
@@ -1248,4 +1249,308 @@ fn index_batch(conn: &mut Connection, max: i64) -> rusqlite::Result<(i64, i64)> 
     let max: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
     tx.commit()?;
     Ok((n, (max - last).max(0)))
+}
+
+fn destination_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DestinationRow> {
+    Ok(DestinationRow {
+        name: r.get(0)?,
+        position: r.get(1)?,
+        floor_seq: r.get(2)?,
+        floor_date: r.get(3)?,
+        delivered: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+const DESTINATION_COLUMNS: &str =
+    "name, position, floor_seq, floor_date, delivered, created_at, updated_at";
+
+/// The cursor and floor that start a destination at `from` (None: after the newest event).
+fn destination_start(c: &Connection, from: Option<i64>) -> rusqlite::Result<(i64, i64, i64)> {
+    let max: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+    let Some(from) = from else {
+        return Ok((max, 0, 0));
+    };
+    let first: Option<i64> = c.query_row(
+        "SELECT min(seq) FROM events WHERE date >= ?1",
+        [from],
+        |r| r.get(0),
+    )?;
+    Ok((first.map_or(max, |f| f - 1), max, from))
+}
+
+fn dead_letter_params(d: &DeadLetterIn) -> (Option<i64>, &str, &str) {
+    (d.status.map(i64::from), &d.error, &d.body)
+}
+
+impl SqliteStore {
+    pub(super) async fn destination_open(
+        &self,
+        name: String,
+        from: Option<i64>,
+    ) -> Result<DestinationRow, StoreError> {
+        self.progress(move |c| {
+            let tx = c.transaction()?;
+            let existing = tx
+                .query_row(
+                    &format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE name = ?1"),
+                    [&name],
+                    destination_row,
+                )
+                .optional()?;
+            if let Some(row) = existing {
+                return Ok(row);
+            }
+            let (position, floor_seq, floor_date) = destination_start(&tx, from)?;
+            let now = now_ms();
+            let row = tx.query_row(
+                &format!(
+                    "INSERT INTO destinations (name, position, floor_seq, floor_date, delivered, \
+                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) \
+                     RETURNING {DESTINATION_COLUMNS}"
+                ),
+                params![name, position, floor_seq, floor_date, now],
+                destination_row,
+            )?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    pub(super) async fn destination_get(
+        &self,
+        name: String,
+    ) -> Result<Option<DestinationRow>, StoreError> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE name = ?1"),
+                [&name],
+                destination_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub(super) async fn destination_read(
+        &self,
+        row: DestinationRow,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 \
+                 AND (seq > ?2 OR date >= ?3) ORDER BY seq LIMIT ?4"
+            ))?;
+            let mut rows = stmt.query(params![
+                row.position,
+                row.floor_seq,
+                row.floor_date,
+                limit as i64
+            ])?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(r) = rows.next()? {
+                let event = row_to_event(r)?;
+                bytes += event.raw.len();
+                if bytes > max_bytes && !out.is_empty() {
+                    break;
+                }
+                out.push(event);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn destination_settle(
+        &self,
+        name: String,
+        settle: Settle,
+    ) -> Result<bool, StoreError> {
+        self.progress(move |c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            let moved = tx.execute(
+                "UPDATE destinations SET position = ?3, delivered = delivered + ?4, \
+                 updated_at = ?5 WHERE name = ?1 AND position = ?2",
+                params![
+                    name,
+                    settle.from,
+                    settle.to,
+                    settle.delivered + settle.replayed_ok.len() as i64,
+                    now
+                ],
+            )?;
+            if moved == 0 {
+                return Ok(false);
+            }
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO dead_letters (destination, seq, status, error, body, at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for d in &settle.dead {
+                    let (status, error, body) = dead_letter_params(d);
+                    insert.execute(params![name, d.seq, status, error, body, now])?;
+                }
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM dead_letters WHERE id = ?1 AND destination = ?2",
+                )?;
+                for id in &settle.replayed_ok {
+                    delete.execute(params![id, name])?;
+                }
+                let mut update = tx.prepare_cached(
+                    "UPDATE dead_letters SET status = ?3, error = ?4, body = ?5, at = ?6, \
+                     replay = 0 WHERE id = ?1 AND destination = ?2",
+                )?;
+                for (id, d) in &settle.replayed_dead {
+                    let (status, error, body) = dead_letter_params(d);
+                    update.execute(params![id, name, status, error, body, now])?;
+                }
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn destination_replay_from(
+        &self,
+        name: String,
+        after: i64,
+    ) -> Result<Option<DestinationRow>, StoreError> {
+        self.progress(move |c| {
+            let tx = c.transaction()?;
+            let (position, floor_seq, floor_date) = destination_start(&tx, Some(after))?;
+            let row = tx
+                .query_row(
+                    &format!(
+                        "UPDATE destinations SET position = ?2, floor_seq = ?3, floor_date = ?4, \
+                         updated_at = ?5 WHERE name = ?1 RETURNING {DESTINATION_COLUMNS}"
+                    ),
+                    params![name, position, floor_seq, floor_date, now_ms()],
+                    destination_row,
+                )
+                .optional()?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    pub(super) async fn dead_letters_replay(&self, name: String) -> Result<u64, StoreError> {
+        self.progress(move |c| {
+            let n = c.execute(
+                "UPDATE dead_letters SET replay = 1 WHERE destination = ?1",
+                [&name],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    pub(super) async fn dead_letters_replaying(
+        &self,
+        name: String,
+        limit: usize,
+    ) -> Result<Vec<(i64, StoredEvent)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT e.seq, e.id, e.date, e.raw, e.source, e.actor, e.action, e.resource, \
+                 e.summary, d.id FROM dead_letters d JOIN events e ON e.seq = d.seq \
+                 WHERE d.destination = ?1 AND d.replay = 1 ORDER BY d.id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![name, limit as i64], |r| {
+                Ok((r.get(9)?, row_to_event(r)?))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub(super) async fn dead_letters_list(
+        &self,
+        name: String,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.id, d.seq, coalesce(e.source, ''), coalesce(e.id, ''), d.status, \
+                 d.error, d.body, d.at, d.replay FROM dead_letters d \
+                 LEFT JOIN events e ON e.seq = d.seq \
+                 WHERE d.destination = ?1 AND d.id < ?2 ORDER BY d.id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![name, before.unwrap_or(i64::MAX), limit as i64],
+                |r| {
+                    Ok(DeadLetter {
+                        id: r.get(0)?,
+                        seq: r.get(1)?,
+                        source: r.get(2)?,
+                        event_id: r.get(3)?,
+                        status: r.get::<_, Option<i64>>(4)?.map(|s| s as u16),
+                        error: r.get(5)?,
+                        body: r.get(6)?,
+                        at: r.get(7)?,
+                        replay: r.get(8)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    pub(super) async fn destination_stats(
+        &self,
+        name: String,
+        sources: Vec<String>,
+    ) -> Result<Option<DestinationStats>, StoreError> {
+        self.read(move |c| {
+            let Some(row) = c
+                .query_row(
+                    &format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE name = ?1"),
+                    [&name],
+                    destination_row,
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut lag_events = 0;
+            let mut oldest_pending_at: Option<i64> = None;
+            let mut stmt = c.prepare_cached(
+                "SELECT source, count(*), min(received_at) FROM events WHERE seq > ?1 \
+                 AND (seq > ?2 OR date >= ?3) GROUP BY source",
+            )?;
+            let mut rows = stmt.query(params![row.position, row.floor_seq, row.floor_date])?;
+            while let Some(r) = rows.next()? {
+                let source: String = r.get(0)?;
+                if !sources.is_empty() && !sources.contains(&source) {
+                    continue;
+                }
+                lag_events += r.get::<_, i64>(1)?;
+                let at: i64 = r.get(2)?;
+                oldest_pending_at = Some(oldest_pending_at.map_or(at, |o| o.min(at)));
+            }
+            let (dead_letters, replaying) = c.query_row(
+                "SELECT count(*), coalesce(sum(replay), 0) FROM dead_letters WHERE destination = ?1",
+                [&name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(Some(DestinationStats {
+                row,
+                lag_events,
+                oldest_pending_at,
+                dead_letters,
+                replaying,
+            }))
+        })
+        .await
+    }
 }
