@@ -58,6 +58,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         20261130010000,
         include_str!("../../migrations/postgres/20261130010000_lz4.sql"),
     ),
+    (
+        20261201000000,
+        include_str!("../../migrations/postgres/20261201000000_destinations.sql"),
+    ),
 ];
 
 /// Stored events the search index has not reached.

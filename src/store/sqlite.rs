@@ -56,6 +56,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         20261130000000,
         include_str!("../../migrations/sqlite/20261130000000_sources.sql"),
     ),
+    (
+        20261201000000,
+        include_str!("../../migrations/sqlite/20261201000000_destinations.sql"),
+    ),
 ];
 
 const INSERT_SQL: &str =

@@ -7,6 +7,7 @@ mod conformance;
 mod errors;
 mod events;
 mod export;
+mod forward;
 mod helpers;
 mod instances;
 mod ld_client;
@@ -22,6 +23,8 @@ mod webhook;
 mod fake_cbc;
 #[path = "../support/fake_ld.rs"]
 mod fake_ld;
+#[path = "../support/fake_receivers.rs"]
+mod fake_receivers;
 #[path = "../support/fake_tfc.rs"]
 mod fake_tfc;
 #[path = "../support/pg.rs"]
