@@ -315,6 +315,7 @@ impl Application {
         let tfc = cfg.tfc_client().map_err(anyhow::Error::msg)?;
         let cbc = cfg.cbc_client().map_err(anyhow::Error::msg)?;
         let state = build_state(cfg).await?;
+        state.forwarding.open(&state.store).await?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -381,15 +382,12 @@ impl Application {
             "audithook listening"
         );
         let store = state.store.clone();
-        let forwarding = state
-            .forwarding
-            .start(
-                &state.store,
-                &state.metrics,
-                &state.cfg.ld_base_url,
-                &shutdown.child_token(),
-            )
-            .await?;
+        let forwarding = state.forwarding.start(
+            &state.store,
+            &state.metrics,
+            &state.cfg.ld_base_url,
+            &shutdown.child_token(),
+        );
         let catchup = state.cfg.ld_api_token.clone().map(|token| {
             tokio::spawn(sources::launchdarkly::catchup::run_loop(
                 state.store.clone(),

@@ -119,6 +119,7 @@ struct Raw {
     from: Option<toml::Value>,
     manifest: Option<String>,
     form_variables: Option<toml::Table>,
+    oauth: Option<toml::Table>,
     index: Option<String>,
     token: Option<String>,
     tls: Option<bool>,
@@ -389,7 +390,7 @@ fn one(
         "elasticsearch" => &["url", "headers", "batch", "index"],
         "splunk_hec" => &["url", "headers", "batch", "index", "token"],
         "syslog" => &["address", "tls", "ca", "facility", "hostname"],
-        "launchdarkly_integration" => &["manifest", "form_variables", "policy"],
+        "launchdarkly_integration" => &["manifest", "form_variables", "oauth", "policy"],
         other => {
             problems.push(format!(
                 "kind: unknown kind {other:?}; one of http, elasticsearch, splunk_hec, syslog, launchdarkly_integration"
@@ -397,7 +398,8 @@ fn one(
             return None;
         }
     };
-    let given: [(&str, bool); 11] = [
+    let given: [(&str, bool); 12] = [
+        ("oauth", raw.oauth.is_some()),
         ("url", raw.url.is_some()),
         ("address", raw.address.is_some()),
         ("headers", !raw.headers.is_empty()),
@@ -530,7 +532,10 @@ fn one(
             let path = resolve(dir, manifest);
             let form =
                 serde_json::to_value(raw.form_variables.unwrap_or_default()).unwrap_or_default();
-            match Integration::load(&path, &form) {
+            let oauth = raw
+                .oauth
+                .map(|o| serde_json::to_value(o).unwrap_or_default());
+            match Integration::load(&path, &form, oauth) {
                 Ok(i) => Kind::LaunchDarkly(Arc::new(i)),
                 Err(e) => {
                     problems.extend(e);

@@ -28,6 +28,8 @@ pub struct Integration {
     /// Keys of the form variables the manifest marks secret.
     secrets: Vec<String>,
     pub default_policy: Option<Policy>,
+    /// `oauth` in URL and header templates (manifests with `requiresOAuth`).
+    oauth: Value,
     renderer: Renderer,
 }
 
@@ -54,7 +56,11 @@ pub struct Rendered {
 impl Integration {
     /// Reads the manifest at `path` (templates relative to its directory, as in the
     /// framework's repository) and checks `form` against its `formVariables`.
-    pub fn load(path: &Path, form: &Value) -> Result<Integration, Vec<String>> {
+    pub fn load(
+        path: &Path,
+        form: &Value,
+        oauth: Option<Value>,
+    ) -> Result<Integration, Vec<String>> {
         let shown = path.display();
         let text = std::fs::read_to_string(path)
             .map_err(|e| vec![format!("manifest: cannot read {shown}: {e}")])?;
@@ -176,6 +182,18 @@ impl Integration {
             },
         };
         let (form_variables, secrets) = check_form(&manifest, form, &mut problems);
+        let uses_oauth = manifest.get("requiresOAuth").and_then(Value::as_bool) == Some(true)
+            || endpoint.is_some_and(|e| e.to_string().contains("oauth."));
+        let oauth = match (uses_oauth, oauth) {
+            (true, None) => {
+                problems.push(format!(
+                    "oauth: the manifest {shown} uses OAuth (`oauth.*` in its endpoint); LaunchDarkly completes that flow itself, so give the values it would (for example oauth = {{ baseURI = \"...\", accessToken = \"${{TOKEN}}\" }})"
+                ));
+                Value::Null
+            }
+            (_, Some(o)) => o,
+            (false, None) => Value::Null,
+        };
         match (url, method) {
             (Some(url), Some(method)) if problems.is_empty() => Ok(Integration {
                 manifest_path: path.to_owned(),
@@ -187,6 +205,7 @@ impl Integration {
                 form_variables,
                 secrets,
                 default_policy,
+                oauth,
                 renderer,
             }),
             _ => Err(problems),
@@ -198,7 +217,7 @@ impl Integration {
     pub fn render(&self, row: &StoredEvent, base_url: &str) -> Result<Rendered, String> {
         let entry = crate::event::stored_entry(&row.raw, &row.id, row.date);
         let ctx = template_context(&entry, base_url);
-        let endpoint = render::endpoint_data(&self.form_variables, &Value::Null, &ctx);
+        let endpoint = render::endpoint_data(&self.form_variables, &self.oauth, &ctx);
         let url = self
             .renderer
             .render(&self.url, &endpoint)

@@ -263,16 +263,9 @@ impl Forwarding {
         self.runners.iter().find(|r| r.dest.name == name)
     }
 
-    /// Creates each destination's row (so its start point is fixed now, not when it first
-    /// delivers) and starts its delivery task.
-    pub async fn start(
-        &self,
-        store: &Store,
-        metrics: &Arc<Metrics>,
-        ld_base_url: &str,
-        stop: &CancellationToken,
-    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-        let mut tasks = Vec::new();
+    /// Creates each destination's row, so its start point is fixed when the service starts,
+    /// not when it first delivers.
+    pub async fn open(&self, store: &Store) -> anyhow::Result<()> {
         for runner in &self.runners {
             let d = &runner.dest;
             let start = match d.start {
@@ -290,15 +283,30 @@ impl Forwarding {
                 cursor = row.position,
                 "forwarding enabled"
             );
-            tasks.push(tokio::spawn(run(
-                runner.clone(),
-                store.clone(),
-                metrics.clone(),
-                ld_base_url.to_owned(),
-                stop.clone(),
-            )));
         }
-        Ok(tasks)
+        Ok(())
+    }
+
+    /// Starts each destination's delivery task.
+    pub fn start(
+        &self,
+        store: &Store,
+        metrics: &Arc<Metrics>,
+        ld_base_url: &str,
+        stop: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.runners
+            .iter()
+            .map(|runner| {
+                tokio::spawn(run(
+                    runner.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    ld_base_url.to_owned(),
+                    stop.clone(),
+                ))
+            })
+            .collect()
     }
 }
 

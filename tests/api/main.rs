@@ -8,6 +8,7 @@ mod errors;
 mod events;
 mod export;
 mod forward;
+mod forward_ld;
 mod forward_syslog;
 mod helpers;
 mod instances;
