@@ -60,6 +60,8 @@ pub struct HttpState {
     pub script: Mutex<VecDeque<Scripted>>,
     /// Bodies containing this are refused with 400 `{"error":"rejected"}`.
     pub reject: Mutex<Option<String>>,
+    /// Time taken to answer each request, in milliseconds.
+    pub delay_ms: std::sync::atomic::AtomicU64,
 }
 
 pub struct HttpReceiver {
@@ -81,6 +83,10 @@ async fn http_any(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let scripted = s.script.lock().unwrap().pop_front();
     let rejected = s
         .reject
