@@ -46,7 +46,12 @@ fn main() {
         let port = free_port();
         let t0 = Instant::now();
         let mut serve = start_serve(&rt, &url, port, Some(&file));
-        let delivered = rt.block_on(wait_delivered(port, &["bench"], n, Duration::from_secs(600)));
+        let delivered = rt.block_on(wait_delivered(
+            port,
+            &["bench"],
+            n,
+            Duration::from_secs(600),
+        ));
         let elapsed = t0.elapsed();
         let rss = peak_rss_kib(&serve);
         let rx_rss = peak_rss_kib(&rx);
@@ -71,7 +76,10 @@ fn main() {
     let (mut es, es_port) = start_receiver(&rt, "elasticsearch");
     let (mut http, http_port) = start_receiver(&rt, "http");
     let mut results = Vec::new();
-    for (label, with) in [("no destination", false), ("two destinations (es + http)", true)] {
+    for (label, with) in [
+        ("no destination", false),
+        ("two destinations (es + http)", true),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         let file = dir.path().join("destinations.toml");
@@ -87,11 +95,21 @@ fn main() {
         let port = free_port();
         let mut serve = start_serve(&rt, &url, port, with.then_some(file.as_path()));
         let offset = if with { 1 << 40 } else { 0 };
-        let r = rt.block_on(load(&[port], connections, Duration::from_secs(seconds), offset));
+        let r = rt.block_on(load(
+            &[port],
+            connections,
+            Duration::from_secs(seconds),
+            offset,
+        ));
         let caught_up = if with {
             let t = Instant::now();
             let acked = r.acked.len() as u64;
-            let got = rt.block_on(wait_delivered(port, &["es", "http"], acked, Duration::from_secs(300)));
+            let got = rt.block_on(wait_delivered(
+                port,
+                &["es", "http"],
+                acked,
+                Duration::from_secs(300),
+            ));
             assert_eq!(got, acked, "the destinations did not catch up");
             Some(t.elapsed())
         } else {

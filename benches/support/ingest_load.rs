@@ -156,4 +156,3 @@ pub async fn load(
     result.latencies_us.sort_unstable();
     result
 }
-

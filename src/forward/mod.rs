@@ -178,14 +178,15 @@ pub fn transport_failure(e: &reqwest::Error) -> Outcome {
 }
 
 /// The wait before attempt `attempt` (1-based): full jitter over an exponential ceiling
-/// capped at `max`, and never less than the receiver's `Retry-After`.
+/// capped at `max`, and never less than the receiver's `Retry-After` (itself capped at an
+/// hour when read).
 pub fn backoff(attempt: u32, max: Duration, retry_after: Option<Duration>) -> Duration {
     let ceiling = BASE_BACKOFF
         .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)))
         .min(max);
     let jittered = ceiling.mul_f64(rand::random::<f64>());
     match retry_after {
-        Some(r) => jittered.max(r.min(max.max(r))),
+        Some(r) => jittered.max(r),
         None => jittered,
     }
 }
@@ -780,4 +781,34 @@ pub fn sample(d: &Destination, ld_base_url: &str) -> Option<Result<String, Strin
         out.push_str(&r.body);
         out
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_under_an_exponential_cap_and_honours_retry_after() {
+        let max = Duration::from_secs(300);
+        for attempt in 1..=30 {
+            let ceiling = (BASE_BACKOFF * 2u32.pow((attempt - 1).min(20))).min(max);
+            for _ in 0..50 {
+                assert!(backoff(attempt, max, None) <= ceiling);
+            }
+        }
+        assert!(backoff(1, max, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
+        // Waits spread out: not every draw is the ceiling.
+        let draws: std::collections::HashSet<u128> = (0..20)
+            .map(|_| backoff(10, max, None).as_micros())
+            .collect();
+        assert!(draws.len() > 10);
+    }
+
+    #[test]
+    fn kept_bodies_stop_at_20_kb_on_a_character_boundary() {
+        let body = "é".repeat(20_000);
+        let kept = kept_body(body.as_bytes());
+        assert_eq!(kept.len(), BODY_KEPT);
+        assert!(kept.chars().all(|c| c == 'é'));
+    }
 }

@@ -484,7 +484,7 @@ pub async fn lease_loop<P, F, E>(
         };
         if now_held != held {
             if now_held {
-                tracing::info!(lease, "took the lease: this instance polls");
+                tracing::info!(lease, "took the lease: this instance runs it");
             } else {
                 tracing::info!(lease, "lease held elsewhere: this instance stands by");
             }

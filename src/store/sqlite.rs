@@ -1295,7 +1295,7 @@ impl SqliteStore {
         from: Option<i64>,
     ) -> Result<DestinationRow, StoreError> {
         self.progress(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing = tx
                 .query_row(
                     &format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE name = ?1"),
@@ -1376,7 +1376,7 @@ impl SqliteStore {
         settle: Settle,
     ) -> Result<bool, StoreError> {
         self.progress(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now = now_ms();
             let moved = tx.execute(
                 "UPDATE destinations SET position = ?3, delivered = delivered + ?4, \
@@ -1428,7 +1428,7 @@ impl SqliteStore {
         after: i64,
     ) -> Result<Option<DestinationRow>, StoreError> {
         self.progress(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let (position, floor_seq, floor_date) = destination_start(&tx, Some(after))?;
             let row = tx
                 .query_row(
