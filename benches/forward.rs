@@ -156,10 +156,15 @@ fn destination(kind: &str, name: &str, port: u16, extra: &str) -> String {
     }
 }
 
-/// Stores `n` distinct events straight through the store, in batches.
+/// Stores `n` distinct events straight through the store, in batches, and indexes them for
+/// search (as they would be by the time a new destination drains them).
 async fn populate(url: &str, n: u64) {
     let metrics = std::sync::Arc::new(audithook::metrics::Metrics::new());
-    let store = audithook::store::Store::open(url, metrics)
+    let options = audithook::store::StoreOptions {
+        background_indexer: false,
+        ..Default::default()
+    };
+    let store = audithook::store::Store::open_with_options(url, &options, metrics)
         .await
         .expect("open store");
     let mut i = 0;
@@ -173,6 +178,7 @@ async fn populate(url: &str, n: u64) {
         i += batch.len() as u64;
         store.insert_many(batch).await.expect("insert");
     }
+    while store.index_step(10_000).await.expect("index") > 0 {}
     store.close().await;
 }
 

@@ -577,23 +577,10 @@ impl Delivery<'_> {
                 self.count(ok, refused);
                 from = to;
             }
-            if let Some(stats) = self
-                .store
-                .destination_stats(&name, &self.source_names())
-                .await?
-            {
+            if let Some(stats) = self.store.destination_stats(&name).await? {
                 self.record_lag(&stats.row, stats.lag_events, stats.oldest_pending_at);
             }
         }
-    }
-
-    fn source_names(&self) -> Vec<String> {
-        self.runner
-            .dest
-            .sources
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect()
     }
 
     fn record_lag(&self, _row: &DestinationRow, events: i64, oldest: Option<i64>) {

@@ -58,7 +58,7 @@ async fn state_of(state: &AppState, r: &Runner) -> Result<Value> {
     let sources: Vec<String> = d.sources.iter().map(|s| s.as_str().to_owned()).collect();
     let stats = state
         .store
-        .destination_stats(&d.name, &sources)
+        .destination_stats(&d.name)
         .await
         .map_err(unavailable)?;
     let live = r.live();

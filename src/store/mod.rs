@@ -736,7 +736,7 @@ pub struct DeadLetter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationStats {
     pub row: DestinationRow,
-    /// Stored events past the cursor (of the destination's sources).
+    /// Stored events past the cursor (before the destination's filters).
     pub lag_events: i64,
     /// When the oldest of them was stored (epoch ms).
     pub oldest_pending_at: Option<i64>,
@@ -851,15 +851,14 @@ impl Store {
         }
     }
 
-    /// Destination `name`'s state; `sources` (none = all) bounds the lag it counts.
+    /// Destination `name`'s state.
     pub async fn destination_stats(
         &self,
         name: &str,
-        sources: &[String],
     ) -> Result<Option<DestinationStats>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.destination_stats(name.to_owned(), sources.to_vec()).await,
-            Store::Postgres(s) => s.destination_stats(name, sources).await,
+            Store::Sqlite(s) => s.destination_stats(name.to_owned()).await,
+            Store::Postgres(s) => s.destination_stats(name).await,
         }
     }
 }

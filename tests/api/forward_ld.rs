@@ -376,3 +376,83 @@ async fn stored_row(app: &TestApp, id: &str) -> audithook::store::StoredEvent {
     store.close().await;
     row
 }
+
+#[tokio::test]
+async fn the_manifest_default_policy_applies_unless_the_destination_sets_one() {
+    let Some(conformance) = shared_dir("conformance", "manifests") else {
+        return;
+    };
+    let rx = HttpReceiver::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    // Zapier's manifest allows production flags only.
+    let manifest = lay_out(&conformance, "zapier", tmp.path());
+    let toml = format!(
+        r#"
+[[destinations]]
+name = "default-policy"
+kind = "launchdarkly_integration"
+manifest = "{m}"
+form_variables = {{ url = "{base}/default" }}
+
+[[destinations]]
+name = "own-policy"
+kind = "launchdarkly_integration"
+manifest = "{m}"
+form_variables = {{ url = "{base}/own" }}
+policy = [{{ effect = "allow", actions = ["*"], resources = ["proj/*:env/*:flag/*"] }}]
+"#,
+        m = manifest.display(),
+        base = rx.base
+    );
+    let app = spawn_forwarding(&toml).await;
+    for e in [
+        rest_entry(
+            "prod",
+            1_700_000_000_001,
+            "A",
+            "proj/web:env/production:flag/a",
+            "m1",
+        ),
+        rest_entry(
+            "stage",
+            1_700_000_000_002,
+            "B",
+            "proj/web:env/staging:flag/b",
+            "m1",
+        ),
+        rest_entry(
+            "prod2",
+            1_700_000_000_003,
+            "C",
+            "proj/api:env/production:flag/c",
+            "m1",
+        ),
+    ] {
+        assert_eq!(app.post_event(e.to_string()).await.status(), 202);
+    }
+    wait_until(20, "five requests", || rx.accepted().len() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let bodies = |path: &str| -> Vec<String> {
+        rx.accepted()
+            .iter()
+            .filter(|r| r.target == path)
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect()
+    };
+    let default = bodies("/default");
+    assert_eq!(default.len(), 2, "production flags only");
+    assert!(
+        default.iter().all(|b| !b.contains("staging")),
+        "{default:?}"
+    );
+    let own = bodies("/own");
+    assert_eq!(own.len(), 3, "every flag");
+    assert!(own[1].contains("staging"), "{own:?}");
+    // Both destinations passed the staging event: nothing is waiting.
+    for name in ["default-policy", "own-policy"] {
+        let d = crate::forward::destination(&app, name).await;
+        assert_eq!(d["lag"]["events"], 0, "{name}");
+        assert_eq!(d["dead_letters_count"], 0, "{name}");
+    }
+    app.stop().await;
+}
