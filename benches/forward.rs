@@ -5,8 +5,9 @@
 //!    receiver (batch 1000): events per second from start-up until the destination reports
 //!    everything delivered, and the peak RSS of audithook and of the receiver.
 //! 2. Hook ingest (64 connections, `BENCH_SECONDS` each) into `audithook serve` with no
-//!    destination, then with two destinations active (the same two receivers), in one run:
-//!    the ratio, and how long the destinations took to catch up after the load stopped.
+//!    destination, with two destinations active (the same two receivers), and with the
+//!    http one pointed at a port nothing listens on, in one run: the ratios, and how long
+//!    the (live) destinations took to catch up after the load stopped.
 //!
 //! The receivers run in their own processes on the same machine. Run:
 //! `cargo bench --bench forward`.
@@ -75,10 +76,12 @@ fn main() {
     // Ingest with and without two destinations, in one run.
     let (mut es, es_port) = start_receiver(&rt, "elasticsearch");
     let (mut http, http_port) = start_receiver(&rt, "http");
+    let dead_port = free_port();
     let mut results = Vec::new();
-    for (label, with) in [
-        ("no destination", false),
-        ("two destinations (es + http)", true),
+    for (label, with, down) in [
+        ("no destination", false, false),
+        ("two destinations (es + http)", true, false),
+        ("two destinations, http one down", true, true),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
@@ -88,13 +91,18 @@ fn main() {
             format!(
                 "{}\n{}",
                 destination("elasticsearch", "es", es_port, ""),
-                destination("http", "http", http_port, "")
+                destination(
+                    "http",
+                    "http",
+                    if down { dead_port } else { http_port },
+                    "max_backoff = \"1s\"\n"
+                )
             ),
         )
         .unwrap();
         let port = free_port();
         let mut serve = start_serve(&rt, &url, port, with.then_some(file.as_path()));
-        let offset = if with { 1 << 40 } else { 0 };
+        let offset = (results.len() as u64) << 40;
         let r = rt.block_on(load(
             &[port],
             connections,
@@ -104,12 +112,8 @@ fn main() {
         let caught_up = if with {
             let t = Instant::now();
             let acked = r.acked.len() as u64;
-            let got = rt.block_on(wait_delivered(
-                port,
-                &["es", "http"],
-                acked,
-                Duration::from_secs(300),
-            ));
+            let names: &[&str] = if down { &["es"] } else { &["es", "http"] };
+            let got = rt.block_on(wait_delivered(port, names, acked, Duration::from_secs(300)));
             assert_eq!(got, acked, "the destinations did not catch up");
             Some(t.elapsed())
         } else {
@@ -140,8 +144,9 @@ fn main() {
         );
     }
     println!(
-        "ingest with two destinations / without: {:.2}",
-        results[1].1.rps() / base
+        "ingest with two destinations / without: {:.2}; with one of them down / without: {:.2}",
+        results[1].1.rps() / base,
+        results[2].1.rps() / base
     );
 }
 
