@@ -1571,7 +1571,18 @@ impl PgStore {
         &self,
         name: &str,
     ) -> Result<Option<DestinationStats>, StoreError> {
-        let Some(row) = self.destination_get(name).await? else {
+        // One snapshot: the cursor, the delivered count and the dead letters agree.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row.as_ref().map(destination_row).transpose()? else {
             return Ok(None);
         };
         // Counted on the primary key alone (an index-only scan): `seq` has gaps here
@@ -1581,14 +1592,15 @@ impl PgStore {
              (SELECT received_at FROM events WHERE seq > $1 ORDER BY seq LIMIT 1)",
         )
         .bind(row.position)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
         let (dead_letters, replaying): (i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE replay) FROM dead_letters WHERE destination = $1",
         )
         .bind(name)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(Some(DestinationStats {
             row,
             lag_events,

@@ -1515,6 +1515,9 @@ impl SqliteStore {
         name: String,
     ) -> Result<Option<DestinationStats>, StoreError> {
         self.read(move |c| {
+            // One snapshot: the cursor, the delivered count and the dead letters agree.
+            let tx = c.unchecked_transaction()?;
+            let c = &*tx;
             let Some(row) = c
                 .query_row(
                     &format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE name = ?1"),
