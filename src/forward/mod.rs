@@ -343,7 +343,11 @@ async fn run(
                 sender: &mut sender,
                 stop,
             };
-            d.drain().await
+            match d.drain().await {
+                // Stopping is not a failure: what was in flight goes again next time.
+                Err(PassError::Stopped) => Ok(()),
+                other => other,
+            }
         }
     })
     .await;
