@@ -310,14 +310,6 @@ fn receiver(spec: &str) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let mut s =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("signal");
-                s.recv().await;
-            })
-            .await
-            .expect("serve");
+        serve_until_term(listener, app).await;
     });
 }

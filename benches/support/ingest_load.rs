@@ -156,3 +156,15 @@ pub async fn load(
     result.latencies_us.sort_unstable();
     result
 }
+
+/// Serves `app` on `listener` until SIGTERM.
+pub async fn serve_until_term(listener: tokio::net::TcpListener, app: axum::Router) {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut s = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("signal");
+            s.recv().await;
+        })
+        .await
+        .expect("serve");
+}

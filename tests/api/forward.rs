@@ -53,6 +53,20 @@ pub async fn destination(app: &TestApp, name: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// `GET /api/destinations/{name}` once `done` holds for it (or after 10 s, for the
+/// caller's assertions to report).
+pub async fn destination_when(app: &TestApp, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut state = destination(app, name).await;
+    for _ in 0..200 {
+        if done(&state) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        state = destination(app, name).await;
+    }
+    state
+}
+
 /// Ids of the envelopes in JSON or NDJSON bodies, in order.
 fn envelope_ids(bodies: &[Vec<u8>]) -> Vec<String> {
     bodies
@@ -129,15 +143,7 @@ max_backoff = "300ms"
     assert_eq!(envelope["id"], "h-0000");
     assert_eq!(envelope["actor"], "sandy@example.com");
     assert_eq!(envelope["raw"]["_id"], "h-0000");
-    wait_until(10, "the cursor to settle", || true).await;
-    let mut state = destination(&app, "logstash").await;
-    for _ in 0..100 {
-        if state["delivered"] == 12 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        state = destination(&app, "logstash").await;
-    }
+    let state = destination_when(&app, "logstash", |s| s["delivered"] == 12).await;
     assert_eq!(state["delivered"], 12);
     assert_eq!(state["lag"]["events"], 0);
     assert_eq!(state["dead_letters_count"], 0);
@@ -178,14 +184,10 @@ batch = 1
     let bad = post_events(&app, "bad", 2).await;
     let more = post_events(&app, "ok2", 2).await;
     wait_until(20, "7 requests", || rx.all().len() >= 7).await;
-    let mut state = destination(&app, "hook").await;
-    for _ in 0..100 {
-        if state["delivered"] == 5 && state["dead_letters_count"] == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        state = destination(&app, "hook").await;
-    }
+    let state = destination_when(&app, "hook", |s| {
+        s["delivered"] == 5 && s["dead_letters_count"] == 2
+    })
+    .await;
     assert_eq!(state["delivered"], 5);
     assert_eq!(state["dead_letters_count"], 2);
     // Delivery went on past the refusals, in order.
@@ -261,14 +263,7 @@ batch = 1
             .collect::<Vec<_>>(),
     );
     assert_eq!(&delivered[5..], &bad[..]);
-    let mut state = destination(&app, "hook").await;
-    for _ in 0..100 {
-        if state["dead_letters_count"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        state = destination(&app, "hook").await;
-    }
+    let state = destination_when(&app, "hook", |s| s["dead_letters_count"] == 0).await;
     assert_eq!(state["dead_letters_count"], 0);
     assert_eq!(state["delivered"], 7);
     // Replay from a time: everything again, in arrival order.
@@ -413,14 +408,10 @@ max_backoff = "200ms"
     ))
     .await;
     let ids = post_events(&app, "es", 6).await;
-    let mut state = destination(&app, "elastic").await;
-    for _ in 0..200 {
-        if state["delivered"] == 5 && state["dead_letters_count"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        state = destination(&app, "elastic").await;
-    }
+    let state = destination_when(&app, "elastic", |s| {
+        s["delivered"] == 5 && s["dead_letters_count"] == 1
+    })
+    .await;
     assert_eq!(state["delivered"], 5, "{state}");
     assert_eq!(state["dead_letters_count"], 1);
     let letter = &state["dead_letters"]["items"][0];
@@ -496,14 +487,10 @@ max_backoff = "200ms"
     hec.state
         .disabled
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let mut state = destination(&app, "splunk").await;
-    for _ in 0..200 {
-        if state["delivered"] == 4 && state["dead_letters_count"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        state = destination(&app, "splunk").await;
-    }
+    let state = destination_when(&app, "splunk", |s| {
+        s["delivered"] == 4 && s["dead_letters_count"] == 1
+    })
+    .await;
     assert_eq!(state["delivered"], 4, "{state}");
     assert_eq!(state["dead_letters"]["items"][0]["event_id"], "hec-0002");
     assert_eq!(state["dead_letters"]["items"][0]["status"], 400);

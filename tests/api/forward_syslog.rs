@@ -244,14 +244,7 @@ ca = "{}"
     ))
     .await;
     post_events(&app, "untrusted", 1).await;
-    let mut state = crate::forward::destination(&app, "tls").await;
-    for _ in 0..100 {
-        if !state["last_error"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        state = crate::forward::destination(&app, "tls").await;
-    }
+    let state = crate::forward::destination_when(&app, "tls", |s| !s["last_error"].is_null()).await;
     assert_eq!(state["last_error"]["class"], "tls", "{state}");
     assert_eq!(state["delivered"], 0);
     app.stop().await;
