@@ -74,6 +74,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::hooks::router())
         .merge(read)
+        .merge(ui::router())
         .merge(routes::health::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|req: Request| async move {
@@ -100,7 +101,11 @@ async fn require_read_token(State(state): State<AppState>, req: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if !state.read_auth.check(presented) {
+    // A person signed in to the UI follows links to read routes (the CSV and NDJSON of a
+    // filtered view) with the session cookie; only for reads, and the cookie is SameSite.
+    let ui_read =
+        req.method() == axum::http::Method::GET && ui::session_of(&state, req.headers()).is_some();
+    if !ui_read && !state.read_auth.check(presented) {
         return ApiError::unauthorized(
             "send the read token (AUDITHOOK_API_TOKEN) as `Authorization: Bearer <token>` or `Authorization: <token>`",
         )
@@ -467,3 +472,4 @@ pub mod export;
 pub mod forward;
 pub mod render;
 pub mod sources;
+pub mod ui;

@@ -53,7 +53,7 @@ fn unavailable(e: crate::store::StoreError) -> ApiError {
 }
 
 /// The state of one destination as JSON.
-async fn state_of(state: &AppState, r: &Runner) -> Result<Value> {
+pub async fn state_of(state: &AppState, r: &Runner) -> Result<Value> {
     let d = &r.dest;
     let sources: Vec<String> = d.sources.iter().map(|s| s.as_str().to_owned()).collect();
     let stats = state

@@ -49,7 +49,7 @@ pub fn apply_source_param(filter: &mut Filter, key: &str, value: &str) -> Result
 }
 
 /// An opaque cursor: the last row's position, base64url.
-fn encode_cursor(c: &Cursor) -> String {
+pub fn encode_cursor(c: &Cursor) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(format!("{}\n{}\n{}", c.date, c.source, c.id))
 }
@@ -70,14 +70,17 @@ fn decode_cursor(v: &str) -> Option<Cursor> {
     })
 }
 
-struct Params {
-    filter: Filter,
-    limit: usize,
-    cursor: Option<Cursor>,
-    passthrough: Vec<(String, String)>,
+/// A listing request's parameters.
+pub struct Params {
+    pub filter: Filter,
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+    /// The parameters as given (but `cursor`), for links.
+    pub passthrough: Vec<(String, String)>,
 }
 
-fn parse_params(query: Option<&str>) -> Result<Params> {
+/// Parses `/api/events`' query (the UI's archive reads through it too).
+pub fn parse_params(query: Option<&str>) -> Result<Params> {
     let mut p = Params {
         filter: Filter::default(),
         limit: DEFAULT_LIMIT,

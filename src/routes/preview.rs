@@ -95,6 +95,21 @@ async fn create_preview(
     input: std::result::Result<Json<PreviewIn>, JsonRejection>,
 ) -> Result<Response> {
     let Json(input) = input.map_err(rejection)?;
+    match run_preview(&state, input).await? {
+        Ok(text) => {
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+        }
+        Err(e) => Ok(render_error(e)),
+    }
+}
+
+/// Renders a preview request (the `/preview` route and the UI's template playground):
+/// the output, or why the template failed; `Err` for a request that is wrong (`400`,
+/// `404`) or a service that is stopping.
+pub async fn run_preview(
+    state: &AppState,
+    input: PreviewIn,
+) -> Result<std::result::Result<String, RenderFailure>> {
     let payload = match (input.context, &input.event) {
         (Some(ctx @ Value::Object(_)), None) => ctx,
         (Some(_), None) => return Err(ApiError::bad_request("`context` must be a JSON object")),
@@ -200,10 +215,5 @@ async fn create_preview(
             return Err(ApiError::Unavailable("the service is stopping".into()));
         }
     };
-    match out {
-        Ok(text) => {
-            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
-        }
-        Err(e) => Ok(render_error(e)),
-    }
+    Ok(out)
 }

@@ -1,0 +1,48 @@
+// audithook web UI: optional. Every page works without it; with it, times show in the
+// browser's zone too, and filtering and paging update the results in place while the URL
+// stays the state (shareable, back button works).
+"use strict";
+(function () {
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach(function (t) {
+      var d = new Date(t.getAttribute("datetime"));
+      if (!isNaN(d)) { t.title = d.toLocaleString() + " (your time zone)"; }
+    });
+    root.querySelectorAll("[data-local-of]").forEach(function (s) {
+      var d = new Date(s.getAttribute("data-local-of"));
+      if (!isNaN(d)) { s.textContent = "· " + d.toLocaleString() + " in your time zone"; }
+    });
+  }
+  function load(url, push) {
+    return fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("results");
+        var here = document.getElementById("results");
+        if (!fresh || !here) { window.location.assign(url); return; }
+        here.replaceWith(fresh);
+        localTimes(fresh);
+        if (push) { history.pushState({}, "", url); }
+      })
+      .catch(function () { window.location.assign(url); });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    localTimes(document);
+    var form = document.getElementById("filters");
+    if (!form) { return; }
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var params = new URLSearchParams(new FormData(form));
+      Array.from(params.keys()).forEach(function (k) { if (params.get(k) === "") { params.delete(k); } });
+      load(form.action + "?" + params.toString(), true);
+    });
+    document.addEventListener("click", function (e) {
+      var a = e.target.closest && e.target.closest(".paging a");
+      if (!a || e.ctrlKey || e.metaKey || e.shiftKey) { return; }
+      e.preventDefault();
+      load(a.href, true);
+    });
+    window.addEventListener("popstate", function () { load(window.location.href, false); });
+  });
+})();
