@@ -41,6 +41,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui/destinations/{name}/replay", post(replay))
         .route("/ui/assets/style.css", get(style))
         .route("/ui/assets/app.js", get(script))
+        .route("/ui/assets/favicon.svg", get(favicon))
+        .route("/favicon.ico", get(favicon))
 }
 
 /// The content security policy of every page: nothing from another host, no inline script.
@@ -245,6 +247,10 @@ async fn script() -> Response {
         "text/javascript; charset=utf-8",
         include_str!("assets/app.js"),
     )
+}
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", include_str!("assets/favicon.svg"))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

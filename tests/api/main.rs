@@ -19,6 +19,8 @@ mod store;
 mod templates;
 mod tfc;
 mod tls;
+mod ui;
+mod ui_browser;
 mod webhook;
 
 #[path = "../support/fake_cbc.rs"]

@@ -27,15 +27,34 @@
       })
       .catch(function () { window.location.assign(url); });
   }
+  // Time fields take a typed time (RFC 3339, a date, epoch ms); with the script they also
+  // get the browser's date-and-time picker, whose choice (read as UTC) fills the field.
+  function pickers(root) {
+    root.querySelectorAll("input[data-picker]").forEach(function (field) {
+      var label = document.createElement("label");
+      label.className = "picker";
+      label.textContent = "or pick (UTC) ";
+      var pick = document.createElement("input");
+      pick.type = "datetime-local";
+      pick.step = 1;
+      pick.addEventListener("change", function () {
+        if (pick.value) { field.value = pick.value.length === 16 ? pick.value + ":00Z" : pick.value + "Z"; }
+      });
+      label.appendChild(pick);
+      field.insertAdjacentElement("afterend", label);
+    });
+  }
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
+    pickers(document);
     var form = document.getElementById("filters");
     if (!form) { return; }
     form.addEventListener("submit", function (e) {
       e.preventDefault();
       var params = new URLSearchParams(new FormData(form));
       Array.from(params.keys()).forEach(function (k) { if (params.get(k) === "") { params.delete(k); } });
-      load(form.action + "?" + params.toString(), true);
+      // `form.action` would be the field named "action": read the attribute.
+      load(form.getAttribute("action") + "?" + params.toString(), true);
     });
     document.addEventListener("click", function (e) {
       var a = e.target.closest && e.target.closest(".paging a");
