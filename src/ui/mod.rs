@@ -126,6 +126,25 @@ fn require(state: &AppState, headers: &HeaderMap, here: &str) -> Result<Session,
     })
 }
 
+/// The session and fields of a state-changing form, after its CSRF check.
+fn form_with_csrf(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    here: &str,
+) -> Result<(Session, Vec<(String, String)>), Response> {
+    let s = require(state, headers, here)?;
+    let fields = form(body);
+    if !session::csrf_ok(&s, field(&fields, "csrf")) {
+        return Err(error_page(
+            Some(&s),
+            StatusCode::FORBIDDEN,
+            "The form's CSRF token is missing or wrong; reload the page and try again.",
+        ));
+    }
+    Ok((s, fields))
+}
+
 fn form(body: &Bytes) -> Vec<(String, String)> {
     form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -753,18 +772,10 @@ async fn preview_form(
 }
 
 async fn preview_run(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let s = match require(&state, &headers, "/ui/preview") {
-        Ok(s) => s,
+    let (s, fields) = match form_with_csrf(&state, &headers, &body, "/ui/preview") {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let fields = form(&body);
-    if !session::csrf_ok(&s, field(&fields, "csrf")) {
-        return error_page(
-            Some(&s),
-            StatusCode::FORBIDDEN,
-            "The form's CSRF token is missing or wrong; reload the page and try again.",
-        );
-    }
     let mut p = PreviewPage::new(&state, &s);
     p.chosen = field(&fields, "name").to_owned();
     p.source = field(&fields, "template").to_owned();
@@ -924,18 +935,10 @@ async fn replay(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let s = match require(&state, &headers, "/ui/destinations") {
-        Ok(s) => s,
+    let (s, fields) = match form_with_csrf(&state, &headers, &body, "/ui/destinations") {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let fields = form(&body);
-    if !session::csrf_ok(&s, field(&fields, "csrf")) {
-        return error_page(
-            Some(&s),
-            StatusCode::FORBIDDEN,
-            "The form's CSRF token is missing or wrong; reload the page and try again.",
-        );
-    }
     let Some(runner) = state.forwarding.get(&name) else {
         return error_page(
             Some(&s),

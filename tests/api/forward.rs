@@ -47,6 +47,17 @@ pub async fn post_events(app: &TestApp, prefix: &str, n: usize) -> Vec<String> {
     ids
 }
 
+/// `POST /api/destinations/{name}/replay` with `body`.
+async fn replay(app: &TestApp, name: &str, body: &Value) -> reqwest::Response {
+    app.client
+        .post(format!("{}/api/destinations/{name}/replay", app.base))
+        .header("authorization", API_TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn destination(app: &TestApp, name: &str) -> Value {
     let r = app.read(&format!("/api/destinations/{name}")).await;
     assert_eq!(r.status(), 200);
@@ -224,35 +235,14 @@ batch = 1
         (json!({"after": 1, "dead_letters": true}), 400),
         (json!({"from": 1}), 400),
     ] {
-        let r = app
-            .client
-            .post(format!("{}/api/destinations/hook/replay", app.base))
-            .header("authorization", API_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = replay(&app, "hook", &body).await;
         assert_eq!(r.status(), code, "{body}");
     }
-    let r = app
-        .client
-        .post(format!("{}/api/destinations/nope/replay", app.base))
-        .header("authorization", API_TOKEN)
-        .json(&json!({"dead_letters": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = replay(&app, "nope", &json!({"dead_letters": true})).await;
     assert_eq!(r.status(), 404);
     // The receiver is fixed; the dead letters are replayed.
     rx.reject_containing(None);
-    let r = app
-        .client
-        .post(format!("{}/api/destinations/hook/replay", app.base))
-        .header("authorization", API_TOKEN)
-        .json(&json!({"dead_letters": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = replay(&app, "hook", &json!({"dead_letters": true})).await;
     assert_eq!(r.status(), 202);
     assert_eq!(r.json::<Value>().await.unwrap()["dead_letters"], 2);
     wait_until(20, "the replayed events", || rx.accepted().len() >= 7).await;
@@ -267,14 +257,7 @@ batch = 1
     assert_eq!(state["dead_letters_count"], 0);
     assert_eq!(state["delivered"], 7);
     // Replay from a time: everything again, in arrival order.
-    let r = app
-        .client
-        .post(format!("{}/api/destinations/hook/replay", app.base))
-        .header("authorization", API_TOKEN)
-        .json(&json!({"after": 0}))
-        .send()
-        .await
-        .unwrap();
+    let r = replay(&app, "hook", &json!({"after": 0})).await;
     assert_eq!(r.status(), 202);
     wait_until(20, "the replay from a time", || rx.accepted().len() >= 14).await;
     let delivered = envelope_ids(
