@@ -43,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/assets/app.js", get(script))
         .route("/ui/assets/favicon.svg", get(favicon))
         .route("/favicon.ico", get(favicon))
+        .route("/ui/{*rest}", axum::routing::any(not_found))
 }
 
 /// The content security policy of every page: nothing from another host, no inline script.
@@ -266,6 +267,12 @@ async fn script() -> Response {
         "text/javascript; charset=utf-8",
         include_str!("assets/app.js"),
     )
+}
+
+/// Unknown UI pages answer an HTML page, not the API's JSON.
+async fn not_found(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let s = session_of(&state, &headers);
+    error_page(s.as_ref(), StatusCode::NOT_FOUND, "There is no such page.")
 }
 
 async fn favicon() -> Response {

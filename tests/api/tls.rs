@@ -50,6 +50,20 @@ async fn serves_https_with_the_given_certificate() {
         .await
         .unwrap();
     assert_eq!(one["_id"], "tls-1");
+    // Signing in to the UI over TLS gives a Secure session cookie.
+    let r = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", API_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
     // A client that does not trust the certificate is refused by TLS itself.
     let untrusting = reqwest::Client::new();
     assert!(untrusting

@@ -189,6 +189,14 @@ async fn pages_escape_every_value_from_an_event_and_show_the_diff() {
         404
     );
     assert_eq!(get(&app, &cookie, "/ui/events/svn/nope").await.0, 404);
+    // Unknown UI pages answer HTML, not the API's JSON.
+    let (status, missing, headers) = get(&app, &cookie, "/ui/nothing/here").await;
+    assert_eq!(status, 404);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(missing.contains("There is no such page."));
     app.stop().await;
 }
 
