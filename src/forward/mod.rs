@@ -191,6 +191,9 @@ pub fn backoff(attempt: u32, max: Duration, retry_after: Option<Duration>) -> Du
     }
 }
 
+/// Why a receiver refused an event: its status, the error, the first 20 KB of its answer.
+type Refusal = (Option<u16>, String, String);
+
 /// What `/api/destinations` shows of a destination beyond its stored row.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
@@ -614,9 +617,8 @@ impl Delivery<'_> {
     async fn deliver(
         &mut self,
         events: &[&StoredEvent],
-    ) -> Result<Vec<Option<(Option<u16>, String, String)>>, PassError> {
-        let mut results: Vec<Option<Option<(Option<u16>, String, String)>>> =
-            vec![None; events.len()];
+    ) -> Result<Vec<Option<Refusal>>, PassError> {
+        let mut results: Vec<Option<Option<Refusal>>> = vec![None; events.len()];
         let mut pending: Vec<usize> = (0..events.len()).collect();
         let mut attempt = 0u32;
         loop {

@@ -140,7 +140,7 @@ impl Sender {
             };
         }
         match (status, code) {
-            (_, Some(1 | 2 | 3 | 4)) | (401 | 403, _) => whole(retry(
+            (_, Some(1..=4)) | (401 | 403, _) => whole(retry(
                 "auth",
                 format!("HEC refused the token ({text}): check the destination's token"),
             )),
