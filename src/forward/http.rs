@@ -93,52 +93,39 @@ impl IntegrationSender {
         }
     }
 
+    /// The request for one event, or why the rendered one cannot be sent.
+    fn request(&self, e: &StoredEvent) -> Result<reqwest::RequestBuilder, String> {
+        let r = self.integration.render(e, &self.ld_base_url)?;
+        let url = reqwest::Url::parse(&r.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                format!(
+                    "the endpoint URL rendered to {:?}, not an http(s) URL",
+                    self.integration.mask(&r.url)
+                )
+            })?;
+        let mut req = self.client.request(r.method, url);
+        for (name, value) in &r.headers {
+            let v = HeaderValue::from_str(value)
+                .map_err(|_| format!("header {name} rendered to an invalid value"))?;
+            req = req.header(name, v);
+        }
+        Ok(req.body(r.body))
+    }
+
     pub async fn send(&mut self, events: &[&StoredEvent]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            let r = match self.integration.render(e, &self.ld_base_url) {
-                Ok(r) => r,
-                Err(error) => {
-                    out.push(Outcome::Refused {
-                        class: "render",
-                        status: None,
-                        error,
-                        body: String::new(),
-                    });
-                    continue;
-                }
-            };
-            let url = match reqwest::Url::parse(&r.url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-                _ => {
-                    out.push(Outcome::Refused {
-                        class: "render",
-                        status: None,
-                        error: format!(
-                            "the endpoint URL rendered to {:?}, not an http(s) URL",
-                            self.integration.mask(&r.url)
-                        ),
-                        body: String::new(),
-                    });
-                    continue;
-                }
-            };
-            let mut req = self.client.request(r.method.clone(), url);
-            for (name, value) in &r.headers {
-                match HeaderValue::from_str(value) {
-                    Ok(v) => req = req.header(name, v),
-                    Err(_) => {
-                        out.push(Outcome::Refused {
-                            class: "render",
-                            status: None,
-                            error: format!("header {name} rendered to an invalid value"),
-                            body: String::new(),
-                        });
-                        continue;
-                    }
-                }
-            }
-            out.push(post(req.body(r.body)).await);
+            out.push(match self.request(e) {
+                Ok(req) => post(req).await,
+                Err(error) => Outcome::Refused {
+                    class: "render",
+                    status: None,
+                    error,
+                    body: String::new(),
+                },
+            });
         }
         out
     }

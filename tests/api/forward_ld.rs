@@ -456,3 +456,44 @@ policy = [{{ effect = "allow", actions = ["*"], resources = ["proj/*:env/*:flag/
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_header_that_renders_invalid_is_a_dead_letter_and_nothing_is_sent() {
+    let Some(conformance) = shared_dir("conformance", "manifests") else {
+        return;
+    };
+    let rx = HttpReceiver::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    // Splunk's manifest sends `Authorization: Splunk {{token}}`; a control character in the
+    // token cannot go in a header.
+    let manifest = lay_out(&conformance, "splunk", tmp.path());
+    let toml = format!(
+        "[[destinations]]\nname = \"splunk\"\nkind = \"launchdarkly_integration\"\nmanifest = \"{}\"\nform_variables = {{ \"base-url\" = \"{}\", token = \"bad\\u0001token\", \"skip-ca-verification\" = false }}\npolicy = [{{ effect = \"allow\", actions = [\"*\"], resources = [\"*\"] }}]\n",
+        manifest.display(),
+        rx.base
+    );
+    let app = spawn_forwarding(&toml).await;
+    for id in ["h1", "h2"] {
+        let e = rest_entry(
+            id,
+            1_700_000_000_001,
+            "A",
+            "proj/web:env/production:flag/a",
+            "m1",
+        );
+        assert_eq!(app.post_event(e.to_string()).await.status(), 202);
+    }
+    let state =
+        crate::forward::destination_when(&app, "splunk", |s| s["dead_letters_count"] == 2).await;
+    assert_eq!(state["dead_letters_count"], 2, "{state}");
+    assert_eq!(state["delivered"], 0);
+    assert_eq!(
+        state["dead_letters"]["items"][0]["error"],
+        "header authorization rendered to an invalid value"
+    );
+    assert!(
+        rx.all().is_empty(),
+        "nothing may be sent without its header"
+    );
+    app.stop().await;
+}
