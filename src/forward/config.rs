@@ -398,7 +398,8 @@ fn one(
             return None;
         }
     };
-    let given: [(&str, bool); 12] = [
+    let given: [(&str, bool); 13] = [
+        ("hostname", raw.hostname.is_some()),
         ("oauth", raw.oauth.is_some()),
         ("url", raw.url.is_some()),
         ("address", raw.address.is_some()),
@@ -416,9 +417,6 @@ fn one(
         if present && !allowed.contains(&field) {
             problems.push(format!("{field}: not a field of kind {kind_name}"));
         }
-    }
-    if raw.hostname.is_some() && kind_name != "syslog" {
-        problems.push(format!("hostname: not a field of kind {kind_name}"));
     }
     let kind = match kind_name {
         "http" => Kind::Http {

@@ -23,7 +23,13 @@ pub struct Sender {
 
 #[derive(Deserialize)]
 struct BulkAnswer {
-    items: Vec<serde_json::Map<String, serde_json::Value>>,
+    items: Vec<BulkItem>,
+}
+
+/// One item of the answer: `{"create": {...}}` (any other action is not ours).
+#[derive(Deserialize)]
+struct BulkItem {
+    create: Option<ItemResult>,
 }
 
 #[derive(Deserialize)]
@@ -109,10 +115,7 @@ impl Sender {
             .items
             .into_iter()
             .map(|item| {
-                let Some(result) = item
-                    .get("create")
-                    .and_then(|v| serde_json::from_value::<ItemResult>(v.clone()).ok())
-                else {
+                let Some(result) = item.create else {
                     return Outcome::retry(
                         "bad_response",
                         Some(status),

@@ -28,7 +28,7 @@ pub use config::{Destination, Kind, Start};
 use crate::event::Source;
 use crate::metrics::{DestinationFailureLabels, DestinationLabel, Metrics};
 use crate::now_ms;
-use crate::store::{DeadLetterIn, DestinationRow, Settle, Store, StoredEvent};
+use crate::store::{DeadLetterIn, Settle, Store, StoredEvent};
 
 /// Bytes of a receiver's answer kept with a dead letter or an error.
 pub const BODY_KEPT: usize = 20 * 1024;
@@ -106,7 +106,7 @@ pub async fn read_body(resp: &mut reqwest::Response, limit: usize) -> Result<Vec
 }
 
 /// `Retry-After` in seconds (HTTP dates are read too), capped at an hour.
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let v = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
@@ -541,7 +541,7 @@ impl Delivery<'_> {
                 .destination_read(&row, READ_EVENTS, READ_BYTES)
                 .await?;
             let Some(last) = events.last().map(|e| e.seq) else {
-                self.record_lag(&row, 0, None);
+                self.record_lag(0, None);
                 return Ok(());
             };
             let wanted: Vec<&StoredEvent> = events.iter().filter(|e| self.wants(e)).collect();
@@ -585,12 +585,12 @@ impl Delivery<'_> {
                 from = to;
             }
             if let Some(stats) = self.store.destination_stats(&name).await? {
-                self.record_lag(&stats.row, stats.lag_events, stats.oldest_pending_at);
+                self.record_lag(stats.lag_events, stats.oldest_pending_at);
             }
         }
     }
 
-    fn record_lag(&self, _row: &DestinationRow, events: i64, oldest: Option<i64>) {
+    fn record_lag(&self, events: i64, oldest: Option<i64>) {
         self.metrics
             .destination_lag_events
             .get_or_create(self.label)

@@ -106,12 +106,7 @@ impl Sender {
             Err(e) => return whole(transport_failure(&e)),
         };
         let status = resp.status().as_u16();
-        let after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)));
+        let after = super::retry_after(&resp);
         let bytes = match read_body(&mut resp, BODY_KEPT).await {
             Ok(b) => b,
             Err(e) => return whole(Outcome::retry("connect", Some(status), e)),

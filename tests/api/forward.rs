@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::fake_receivers::{FakeEs, FakeHec, HttpReceiver, Scripted};
+use crate::fake_receivers::{envelope_ids, FakeEs, FakeHec, HttpReceiver, Scripted};
 use crate::helpers::*;
 
 /// Starts the app with `destinations` (TOML) as its destinations file.
@@ -78,23 +78,6 @@ pub async fn destination_when(app: &TestApp, name: &str, done: impl Fn(&Value) -
     state
 }
 
-/// Ids of the envelopes in JSON or NDJSON bodies, in order.
-fn envelope_ids(bodies: &[Vec<u8>]) -> Vec<String> {
-    bodies
-        .iter()
-        .flat_map(|b| {
-            String::from_utf8_lossy(b)
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(|l| {
-                    let v: Value = serde_json::from_str(l).unwrap();
-                    v["id"].as_str().unwrap().to_owned()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn http_delivers_every_event_in_order_through_503s_and_a_429() {
     let rx = HttpReceiver::start().await;
@@ -133,9 +116,8 @@ max_backoff = "300ms"
     // The 429 asked for a second: the retry after it waited that long.
     assert!(started.elapsed() >= Duration::from_secs(1));
     let accepted = rx.accepted();
-    let bodies: Vec<Vec<u8>> = accepted.iter().map(|r| r.body.clone()).collect();
     // Every event once, in arrival order, one JSON envelope per request.
-    assert_eq!(envelope_ids(&bodies), ids);
+    assert_eq!(rx.envelope_ids(), ids);
     for r in &accepted {
         assert_eq!(r.target, "/ingest");
         assert_eq!(r.header("content-type"), Some("application/json"));
@@ -202,12 +184,7 @@ batch = 1
     assert_eq!(state["delivered"], 5);
     assert_eq!(state["dead_letters_count"], 2);
     // Delivery went on past the refusals, in order.
-    let delivered = envelope_ids(
-        &rx.accepted()
-            .iter()
-            .map(|r| r.body.clone())
-            .collect::<Vec<_>>(),
-    );
+    let delivered = rx.envelope_ids();
     assert_eq!(delivered, [good.clone(), more.clone()].concat());
     let letters = state["dead_letters"]["items"].as_array().unwrap();
     assert_eq!(letters.len(), 2);
@@ -246,12 +223,7 @@ batch = 1
     assert_eq!(r.status(), 202);
     assert_eq!(r.json::<Value>().await.unwrap()["dead_letters"], 2);
     wait_until(20, "the replayed events", || rx.accepted().len() >= 7).await;
-    let delivered = envelope_ids(
-        &rx.accepted()
-            .iter()
-            .map(|r| r.body.clone())
-            .collect::<Vec<_>>(),
-    );
+    let delivered = rx.envelope_ids();
     assert_eq!(&delivered[5..], &bad[..]);
     let state = destination_when(&app, "hook", |s| s["dead_letters_count"] == 0).await;
     assert_eq!(state["dead_letters_count"], 0);
@@ -260,12 +232,7 @@ batch = 1
     let r = replay(&app, "hook", &json!({"after": 0})).await;
     assert_eq!(r.status(), 202);
     wait_until(20, "the replay from a time", || rx.accepted().len() >= 14).await;
-    let delivered = envelope_ids(
-        &rx.accepted()
-            .iter()
-            .map(|r| r.body.clone())
-            .collect::<Vec<_>>(),
-    );
+    let delivered = rx.envelope_ids();
     assert_eq!(&delivered[7..], &[good, bad, more].concat()[..]);
     app.stop().await;
 }
@@ -329,37 +296,12 @@ from = {}
         202
     );
     wait_until(20, "deliveries", || {
-        envelope_ids(
-            &rx_now
-                .accepted()
-                .iter()
-                .map(|r| r.body.clone())
-                .collect::<Vec<_>>(),
-        )
-        .len()
-            >= 1
-            && envelope_ids(
-                &rx_from
-                    .accepted()
-                    .iter()
-                    .map(|r| r.body.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .len()
-                >= 3
+        rx_now.envelope_ids().len() >= 1 && rx_from.envelope_ids().len() >= 3
     })
     .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let got = |rx: &HttpReceiver| {
-        envelope_ids(
-            &rx.accepted()
-                .iter()
-                .map(|r| r.body.clone())
-                .collect::<Vec<_>>(),
-        )
-    };
-    assert_eq!(got(&rx_now), vec!["late-old"]);
-    assert_eq!(got(&rx_from), vec!["new-1", "new-2", "late-old"]);
+    assert_eq!(rx_now.envelope_ids(), vec!["late-old"]);
+    assert_eq!(rx_from.envelope_ids(), vec!["new-1", "new-2", "late-old"]);
     app.stop().await;
 }
 
@@ -531,25 +473,10 @@ batch = 10
     .await;
     let ids = post_events(&app, "d", 30).await;
     wait_until(20, "the healthy destination", || {
-        envelope_ids(
-            &rx.accepted()
-                .iter()
-                .map(|r| r.body.clone())
-                .collect::<Vec<_>>(),
-        )
-        .len()
-            >= 30
+        rx.envelope_ids().len() >= 30
     })
     .await;
-    assert_eq!(
-        envelope_ids(
-            &rx.accepted()
-                .iter()
-                .map(|r| r.body.clone())
-                .collect::<Vec<_>>()
-        ),
-        ids
-    );
+    assert_eq!(rx.envelope_ids(), ids);
     let down = destination(&app, "down").await;
     assert_eq!(down["delivered"], 0);
     assert_eq!(down["lag"]["events"], 30);

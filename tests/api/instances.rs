@@ -673,25 +673,6 @@ async fn each_source_is_polled_by_one_instance_and_fails_over() {
     db.remove().await;
 }
 
-/// Envelope ids in the bodies a receiver accepted (JSON or NDJSON), in order.
-fn received_ids(rx: &crate::fake_receivers::HttpReceiver) -> Vec<String> {
-    rx.accepted()
-        .iter()
-        .flat_map(|r| {
-            String::from_utf8_lossy(&r.body)
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(|l| {
-                    serde_json::from_str::<Value>(l).unwrap()["id"]
-                        .as_str()
-                        .unwrap()
-                        .to_owned()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// Ids in arrival (`seq`) order.
 fn ids_by_seq(url: &str) -> Vec<String> {
     crate::helpers::query_strings(url, "SELECT id FROM events ORDER BY seq")
@@ -724,19 +705,19 @@ async fn killed_mid_backlog_and_restarted_forwarding_loses_nothing() {
     let env = [("AUDITHOOK_DESTINATIONS", file.as_str())];
     let mut inst = Instance::start(&db_url, &env).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while received_ids(&rx).len() < 150 {
+    while rx.envelope_ids().len() < 150 {
         assert!(Instant::now() < deadline, "{}", inst.log_text());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     inst.kill();
-    let before = received_ids(&rx).len();
+    let before = rx.envelope_ids().len();
     assert!(before < 400, "the kill came too late to test anything");
     let inst = Instance::start(&db_url, &env).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let want = ids_by_seq(&db_url);
     assert_eq!(want.len(), 400);
     loop {
-        let got = received_ids(&rx);
+        let got = rx.envelope_ids();
         let mut unique = got.clone();
         unique.sort();
         unique.dedup();
@@ -747,7 +728,7 @@ async fn killed_mid_backlog_and_restarted_forwarding_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let got = received_ids(&rx);
+    let got = rx.envelope_ids();
     // Nothing lost; at most the request in flight at the kill (one batch) sent twice; in
     // arrival order but for that resend.
     let duplicates = got.len() - 400;
@@ -792,7 +773,7 @@ async fn two_instances_deliver_each_event_once_per_destination() {
         assert_eq!(post(&client, base, &body).await, 202);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while received_ids(&rx).len() < 200 || es.state.docs.lock().unwrap().len() < 200 {
+    while rx.envelope_ids().len() < 200 || es.state.docs.lock().unwrap().len() < 200 {
         assert!(
             Instant::now() < deadline,
             "{}\n{}",
@@ -803,7 +784,7 @@ async fn two_instances_deliver_each_event_once_per_destination() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Each event once to each destination, in arrival order.
-    assert_eq!(received_ids(&rx), ids_by_seq(&db.url));
+    assert_eq!(rx.envelope_ids(), ids_by_seq(&db.url));
     let es_items: usize = es.state.bulks.lock().unwrap().iter().map(Vec::len).sum();
     assert_eq!(es_items, 200);
     for name in ["hook", "es"] {

@@ -116,6 +116,16 @@ async fn console_errors(c: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The text of the first element `css` finds.
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn no_dialog(c: &Client) {
     if let Ok(text) = c.get_alert_text().await {
         panic!("a dialog opened: {text:?}");
@@ -194,23 +204,9 @@ async fn a_person_signs_in_filters_pages_reads_an_event_and_exports() {
     .await;
     no_dialog(&c).await;
     // The hostile title is shown as text.
-    let first = c
-        .find(Locator::Css("a.event-link"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let first = text_of(&c, "a.event-link").await;
     assert_eq!(first, evil["title"].as_str().unwrap());
-    assert_eq!(
-        c.find(Locator::Id("count"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "71"
-    );
+    assert_eq!(text_of(&c, "#count").await, "71");
     // Every field has a label.
     let unlabelled = c
         .execute(
@@ -296,24 +292,12 @@ async fn a_person_signs_in_filters_pages_reads_an_event_and_exports() {
         .await
         .unwrap();
     no_dialog(&c).await;
-    let h1 = c
-        .find(Locator::Css("h1"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let h1 = text_of(&c, "h1").await;
     assert_eq!(h1, evil["title"].as_str().unwrap());
     let ins = c.find_all(Locator::Css(".diff .ins")).await.unwrap();
     let del = c.find_all(Locator::Css(".diff .del")).await.unwrap();
     assert!(!ins.is_empty() && !del.is_empty());
-    let diff = c
-        .find(Locator::Css(".diff"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let diff = text_of(&c, ".diff").await;
     assert!(
         diff.contains("+     \"on\": true") || diff.contains("\"on\": true"),
         "{diff}"
@@ -323,13 +307,7 @@ async fn a_person_signs_in_filters_pages_reads_an_event_and_exports() {
         "shown as text: {diff}"
     );
     // The local time is filled in by the script.
-    let local = c
-        .find(Locator::Css(".local"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let local = text_of(&c, ".local").await;
     assert!(local.contains("in your time zone"), "{local}");
     shot(&c, "event.png").await;
 

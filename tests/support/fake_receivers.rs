@@ -46,6 +46,23 @@ impl Received {
     }
 }
 
+/// Ids of the envelopes in JSON or NDJSON bodies, in order.
+pub fn envelope_ids(bodies: &[Vec<u8>]) -> Vec<String> {
+    bodies
+        .iter()
+        .flat_map(|b| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    v["id"].as_str().unwrap().to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// A scripted answer: the next requests get these, in order, before normal service.
 #[derive(Debug, Clone)]
 pub struct Scripted {
@@ -148,6 +165,17 @@ impl HttpReceiver {
             .filter(|r| (200..300).contains(&r.status))
             .cloned()
             .collect()
+    }
+
+    /// Ids of the envelopes in the accepted bodies (JSON or NDJSON), in order.
+    pub fn envelope_ids(&self) -> Vec<String> {
+        envelope_ids(
+            &self
+                .accepted()
+                .iter()
+                .map(|r| r.body.clone())
+                .collect::<Vec<_>>(),
+        )
     }
 
     pub fn all(&self) -> Vec<Received> {
