@@ -402,7 +402,8 @@ max_backoff = "200ms"
         hec.state.answers.lock().unwrap().len() >= 3
     })
     .await;
-    let state = destination(&app, "splunk").await;
+    // The fake records its answer before audithook has read it: wait for the state.
+    let state = destination_when(&app, "splunk", |s| s["last_error"]["class"] == "auth").await;
     assert_eq!(state["dead_letters_count"], 0);
     assert_eq!(state["delivered"], 0);
     assert_eq!(state["last_error"]["class"], "auth");
@@ -477,7 +478,9 @@ batch = 10
     })
     .await;
     assert_eq!(rx.envelope_ids(), ids);
-    let down = destination(&app, "down").await;
+    // Each destination runs on its own task: the healthy one may finish before the other
+    // has made its first attempt, so wait (bounded) for that attempt to be recorded.
+    let down = destination_when(&app, "down", |d| !d["last_error"].is_null()).await;
     assert_eq!(down["delivered"], 0);
     assert_eq!(down["lag"]["events"], 30);
     assert_eq!(down["last_error"]["class"], "connect");
