@@ -80,6 +80,20 @@ async fn sequential(fake: &FakeLd, store: &Store) -> u64 {
     }
 }
 
+/// This process's (user, system) and its waited-for children's (user, system) CPU time, in
+/// clock ticks (1/100 s), from `/proc/self/stat`; zeros where it cannot be read.
+fn cpu_ticks() -> ((u64, u64), (u64, u64)) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime is field 14 of the whole line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    ((at(11), at(12)), (at(13), at(14)))
+}
+
 /// One grid cell: `n` entries, `latency` per request; returns (audithook s, sequential s,
 /// audithook requests, 429s).
 async fn grid_cell(bin: &std::path::Path, n: usize, latency: Duration) -> (f64, f64, u64, u64) {
@@ -98,6 +112,7 @@ async fn grid_cell(bin: &std::path::Path, n: usize, latency: Duration) -> (f64, 
     )
     .await;
     let db = dir.path().join("grid.db");
+    let cpu0 = cpu_ticks();
     let t = Instant::now();
     let mut cmd = std::process::Command::new(bin);
     cmd.arg("backfill")
@@ -127,6 +142,15 @@ async fn grid_cell(bin: &std::path::Path, n: usize, latency: Duration) -> (f64, 
     );
     if std::env::var("BENCH_VERBOSE").is_ok() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        let ((cu, cs), (su, ss)) = (cpu_ticks().1, cpu_ticks().0);
+        let ((cu0, cs0), (su0, ss0)) = (cpu0.1, cpu0.0);
+        eprintln!(
+            "cpu: audithook {:.2} s user + {:.2} s sys; bench process (fake server) {:.2} s user + {:.2} s sys; wall {ours:.2} s",
+            (cu - cu0) as f64 / 100.0,
+            (cs - cs0) as f64 / 100.0,
+            (su - su0) as f64 / 100.0,
+            (ss - ss0) as f64 / 100.0,
+        );
     }
     assert_eq!(count(&db), n as i64, "the backfill must store every entry");
     let requests = fake.stats().requests.load(Ordering::SeqCst);

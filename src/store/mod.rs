@@ -593,15 +593,15 @@ impl Store {
         }
     }
 
-    /// Saves one window's progress.
-    pub async fn backfill_save_window(
+    /// Saves windows' progress, all in one transaction.
+    pub async fn backfill_save_windows(
         &self,
         job: i64,
-        window: BackfillWindow,
+        windows: Vec<BackfillWindow>,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.backfill_save_window(job, window).await,
-            Store::Postgres(s) => s.backfill_save_window(job, window).await,
+            Store::Sqlite(s) => s.backfill_save_windows(job, windows).await,
+            Store::Postgres(s) => s.backfill_save_windows(job, windows).await,
         }
     }
 

@@ -659,23 +659,37 @@ impl PgStore {
         .await?)
     }
 
-    pub(super) async fn backfill_save_window(
+    pub(super) async fn backfill_save_windows(
         &self,
         job: i64,
-        w: BackfillWindow,
+        windows: Vec<BackfillWindow>,
     ) -> Result<(), StoreError> {
+        // One statement: one round trip, one transaction.
+        let mut idx = Vec::with_capacity(windows.len());
+        let mut after = Vec::with_capacity(windows.len());
+        let mut before = Vec::with_capacity(windows.len());
+        let mut next_href = Vec::with_capacity(windows.len());
+        let mut done = Vec::with_capacity(windows.len());
+        for w in windows {
+            idx.push(w.idx);
+            after.push(w.after);
+            before.push(w.before);
+            next_href.push(w.next_href);
+            done.push(w.done);
+        }
         sqlx::query(
             "INSERT INTO backfill_windows (job_id, idx, after_ms, before_ms, next_href, done) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id, idx) DO UPDATE SET \
+             SELECT $1, * FROM unnest($2::int8[], $3::int8[], $4::int8[], $5::text[], $6::bool[]) \
+             ON CONFLICT (job_id, idx) DO UPDATE SET \
              after_ms = excluded.after_ms, before_ms = excluded.before_ms, \
              next_href = excluded.next_href, done = excluded.done",
         )
         .bind(job)
-        .bind(w.idx)
-        .bind(w.after)
-        .bind(w.before)
-        .bind(w.next_href)
-        .bind(w.done)
+        .bind(&idx)
+        .bind(&after)
+        .bind(&before)
+        .bind(&next_href)
+        .bind(&done)
         .execute(&self.pool)
         .await?;
         Ok(())

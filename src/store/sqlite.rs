@@ -784,20 +784,25 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn backfill_save_window(
+    pub(super) async fn backfill_save_windows(
         &self,
         job: i64,
-        w: BackfillWindow,
+        windows: Vec<BackfillWindow>,
     ) -> Result<(), StoreError> {
         self.progress(move |conn| {
-            conn.execute(
-                "INSERT INTO backfill_windows (job_id, idx, after_ms, before_ms, next_href, done) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id, idx) DO UPDATE SET \
-                 after_ms = excluded.after_ms, before_ms = excluded.before_ms, \
-                 next_href = excluded.next_href, done = excluded.done",
-                params![job, w.idx, w.after, w.before, w.next_href, w.done],
-            )?;
-            Ok(())
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO backfill_windows (job_id, idx, after_ms, before_ms, next_href, done) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id, idx) DO UPDATE SET \
+                     after_ms = excluded.after_ms, before_ms = excluded.before_ms, \
+                     next_href = excluded.next_href, done = excluded.done",
+                )?;
+                for w in windows {
+                    stmt.execute(params![job, w.idx, w.after, w.before, w.next_href, w.done])?;
+                }
+            }
+            tx.commit()
         })
         .await
     }

@@ -894,13 +894,18 @@ async fn backfill_jobs_resume_and_finish(db: &TestDb) {
         next_href: None,
         done: true,
     };
-    store.backfill_save_window(job, w0.clone()).await.unwrap();
-    store.backfill_save_window(job, w1.clone()).await.unwrap();
+    store
+        .backfill_save_windows(job, vec![w0.clone(), w1.clone()])
+        .await
+        .unwrap();
     let w0b = BackfillWindow {
         next_href: Some("/api/v2/auditlog?after=1&before=30&limit=20".into()),
         ..w0
     };
-    store.backfill_save_window(job, w0b.clone()).await.unwrap();
+    store
+        .backfill_save_windows(job, vec![w0b.clone()])
+        .await
+        .unwrap();
 
     let open = store
         .backfill_open(Some(1), None, None)

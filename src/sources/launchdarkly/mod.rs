@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use self::client::{LdClient, LdError, PAGE_LIMIT};
 use self::policy::Policy;
-use crate::event::{normalise, Channel};
+use crate::event::{normalise, Channel, NewEvent};
 use crate::now_ms;
 use crate::store::{BackfillWindow, Inserted, Store, StoreError};
 
@@ -154,16 +154,18 @@ struct Job {
     queue: Mutex<VecDeque<BackfillWindow>>,
     active: Mutex<Vec<Arc<Active>>>,
     next_idx: AtomicI64,
-    /// Held while a split raises a running window's lower bound and saves the new window,
-    /// and while a window saves its progress: a window never records a raised bound (or
-    /// itself done) before the window that took over the rest of its range is saved, so a
-    /// kill between the two loses nothing.
-    persist: tokio::sync::Mutex<()>,
+    /// Windows' progress not yet saved, the latest state per window. A saver task writes
+    /// what has gathered in one transaction, so pages never queue behind one another's
+    /// saves. A split records the window it makes before it raises the running window's
+    /// lower bound, so the raised bound (or the window done) is never saved before the
+    /// window that took over the rest of its range: a kill at any point loses nothing.
+    unsaved: Mutex<std::collections::BTreeMap<i64, BackfillWindow>>,
+    saver: tokio::sync::Notify,
+    /// Set once every worker has stopped: the saver saves what is left and stops.
+    workers_done: AtomicBool,
     /// Set once a page has been fetched: until then nothing is split, so a bad token or
     /// request stops the run after one request.
     first_page_ok: AtomicBool,
-    /// Entries per ms of the last page fetched (`f64` bits; infinity until then).
-    last_density: AtomicU64,
     /// Windows taken from the queue and not finished.
     pending: std::sync::atomic::AtomicUsize,
     counters: Counters,
@@ -223,7 +225,7 @@ pub async fn run(
                     .backfill_create(opts.after, opts.before, spec.as_deref())
                     .await?;
                 let w = whole_range(&opts);
-                store.backfill_save_window(id, w.clone()).await?;
+                store.backfill_save_windows(id, vec![w.clone()]).await?;
                 (Some(id), vec![w])
             }
         }
@@ -256,10 +258,11 @@ pub async fn run(
         queue: Mutex::new(windows.into()),
         active: Mutex::new(Vec::new()),
         next_idx: AtomicI64::new(next_idx),
-        persist: tokio::sync::Mutex::new(()),
+        unsaved: Mutex::new(Default::default()),
+        saver: tokio::sync::Notify::new(),
+        workers_done: AtomicBool::new(false),
         pending: std::sync::atomic::AtomicUsize::new(0),
         first_page_ok: AtomicBool::new(false),
-        last_density: AtomicU64::new(f64::INFINITY.to_bits()),
         counters: Counters::default(),
         failed: Mutex::new(None),
         stop: AtomicBool::new(false),
@@ -273,13 +276,21 @@ pub async fn run(
     for _ in 0..concurrency {
         workers.spawn(worker(job.clone()));
     }
+    let mut saver = tokio::task::JoinSet::new();
+    saver.spawn(save_loop(job.clone()));
     while workers.join_next().await.is_some() {}
+    job.workers_done.store(true, Ordering::SeqCst);
+    job.saver.notify_one();
+    while saver.join_next().await.is_some() {}
+    // What the last pages recorded (also after a failure: their entries are committed).
+    let saved = job.save_recorded().await;
     if let Some(bar) = &job.bar {
         bar.finish_and_clear();
     }
     if let Some(e) = lock(&job.failed).take() {
         return Err(e);
     }
+    saved?;
     if let Some(id) = job.job_id {
         job.store.backfill_finish(id).await?;
     }
@@ -320,53 +331,48 @@ impl Job {
     }
 
     /// Splits the window with the most left to fetch; the older half goes to the queue.
-    async fn split_one(&self) -> Result<bool, BackfillError> {
+    fn split_one(&self) -> bool {
         if !self.first_page_ok.load(Ordering::SeqCst) {
-            return Ok(false);
+            return false;
         }
         if let Some(limit) = self.client.sustainable_parallelism() {
             if lock(&self.active).len() as f64 >= limit {
-                return Ok(false);
+                return false;
             }
         }
-        // Split only where enough is left to pay for the split, judged by the entries per
-        // ms of the window's last page (or of the last page seen anywhere).
-        let fallback = f64::from_bits(self.last_density.load(Ordering::Relaxed));
-        let _persist = self.persist.lock().await;
-        let new_window = {
+        // Split the window expected to hold the most entries still to fetch, judged by the
+        // entries per ms of its last page, and only where enough is left to pay for the
+        // split. A window whose first page has not come back is not split: it may well be
+        // empty (old history often is), and its answer is one round trip away.
+        {
             let active = lock(&self.active);
             let best = active
                 .iter()
-                .map(|a| {
-                    (
-                        a.oldest.load(Ordering::SeqCst) - a.after.load(Ordering::SeqCst),
-                        a,
-                    )
+                .filter_map(|a| {
+                    let span = a.oldest.load(Ordering::SeqCst) - a.after.load(Ordering::SeqCst);
+                    let density = f64::from_bits(a.density.load(Ordering::Relaxed));
+                    let expected = span as f64 * density;
+                    (span >= MIN_SPLIT_MS && expected >= MIN_SPLIT_ENTRIES).then_some((expected, a))
                 })
-                .filter(|(span, a)| {
-                    let d = f64::from_bits(a.density.load(Ordering::Relaxed));
-                    let density = if d > 0.0 { d } else { fallback };
-                    *span >= MIN_SPLIT_MS && *span as f64 * density >= MIN_SPLIT_ENTRIES
-                })
-                .max_by_key(|(span, _)| *span);
-            let Some((_, a)) = best else { return Ok(false) };
+                .max_by(|x, y| x.0.total_cmp(&y.0));
+            let Some((_, a)) = best else { return false };
             let after = a.after.load(Ordering::SeqCst);
             let mid = after + (a.oldest.load(Ordering::SeqCst) - after) / 2;
-            // The running window keeps dates >= mid; the new one takes after < date < mid.
-            a.after.store(mid - 1, Ordering::SeqCst);
             let idx = self.next_idx.fetch_add(1, Ordering::SeqCst);
-            BackfillWindow {
+            let new_window = BackfillWindow {
                 idx,
                 after,
                 before: mid,
                 next_href: None,
                 done: false,
-            }
-        };
-        // The running window's own save records its new lower bound with its next page.
-        self.save(&new_window).await?;
-        lock(&self.queue).push_back(new_window);
-        Ok(true)
+            };
+            // Recorded first; the running window keeps dates >= mid from now on, and its own
+            // progress records its new lower bound with its next page.
+            self.record(&new_window);
+            a.after.store(mid - 1, Ordering::SeqCst);
+            lock(&self.queue).push_back(new_window);
+        }
+        true
     }
 
     /// After the job's very first page (entries `o..=n`, more to come), cuts the rest of
@@ -375,20 +381,20 @@ impl Job {
     /// and each window below spans twice the one above, down to the window's lower bound.
     /// A small organisation's history is then fetched with every worker from the second
     /// round of requests; old, empty ranges cost one request each.
-    async fn fan_out(&self, active: &Active, o: i64, n: i64) -> Result<(), BackfillError> {
+    fn fan_out(&self, active: &Active, o: i64, n: i64) {
         let workers = self.opts.concurrency.max(1);
         if workers < 2 {
-            return Ok(());
+            return;
         }
         let page_span = ((n - o).max(1) as f64).max(1.0);
-        let _persist = self.persist.lock().await;
+        // Under the lock splits take: nothing splits this window meanwhile.
+        let _active = lock(&self.active);
         let floor = active.after.load(Ordering::SeqCst);
-        let mut upper = o - (page_span * FAN_OUT_FIRST_PAGES) as i64;
-        if upper <= floor + MIN_SPLIT_MS {
-            return Ok(());
+        let first_upper = o - (page_span * FAN_OUT_FIRST_PAGES) as i64;
+        if first_upper <= floor + MIN_SPLIT_MS {
+            return;
         }
-        // The running window now ends at `upper` (dates >= upper stay with it).
-        active.after.store(upper - 1, Ordering::SeqCst);
+        let mut upper = first_upper;
         let mut span = page_span * FAN_OUT_FIRST_PAGES * 2.0;
         let mut made = Vec::new();
         for i in 0..workers - 1 {
@@ -412,18 +418,35 @@ impl Job {
             span *= 2.0;
         }
         for w in &made {
-            self.save(w).await?;
+            self.record(w);
         }
+        // Then the running window ends at `first_upper` (dates >= it stay with it).
+        active.after.store(first_upper - 1, Ordering::SeqCst);
         lock(&self.queue).extend(made);
         self.wake.notify_waiters();
-        Ok(())
     }
 
-    async fn save(&self, w: &BackfillWindow) -> Result<(), BackfillError> {
-        if let Some(job) = self.job_id {
-            self.store.backfill_save_window(job, w.clone()).await?;
+    /// Records a window's progress for the saver (nothing when the job is not saved).
+    fn record(&self, w: &BackfillWindow) {
+        if self.job_id.is_some() {
+            lock(&self.unsaved).insert(w.idx, w.clone());
+            self.saver.notify_one();
         }
-        Ok(())
+    }
+
+    /// Saves what has been recorded, in one transaction; `true` when nothing was waiting.
+    async fn save_recorded(&self) -> Result<bool, BackfillError> {
+        let Some(job) = self.job_id else {
+            return Ok(true);
+        };
+        let windows: Vec<BackfillWindow> = std::mem::take(&mut *lock(&self.unsaved))
+            .into_values()
+            .collect();
+        if windows.is_empty() {
+            return Ok(true);
+        }
+        self.store.backfill_save_windows(job, windows).await?;
+        Ok(false)
     }
 
     fn progress(&self) {
@@ -442,8 +465,9 @@ impl Job {
         }
     }
 
-    /// Normalises and stores one page; returns the oldest and newest dates in it.
-    async fn store_page(&self, items: &[String]) -> Result<Option<(i64, i64)>, BackfillError> {
+    /// Normalises one page: the events the policy keeps, and the oldest and newest dates in
+    /// the page (of every valid entry, kept or not).
+    fn parse_page(&self, items: &[String]) -> (Vec<NewEvent>, Option<(i64, i64)>) {
         let mut events = Vec::with_capacity(items.len());
         let mut range: Option<(i64, i64)> = None;
         for item in items {
@@ -468,6 +492,16 @@ impl Job {
                 }
             }
         }
+        (events, range)
+    }
+
+    /// Stores one page's events, then records the window's progress (never before: a
+    /// killed job resumes at a page whose entries are all committed).
+    async fn store_page(
+        &self,
+        events: Vec<NewEvent>,
+        w: &BackfillWindow,
+    ) -> Result<(), BackfillError> {
         if !events.is_empty() {
             for outcome in self.store.insert_many(events).await? {
                 match outcome {
@@ -476,10 +510,14 @@ impl Job {
                 };
             }
         }
-        Ok(range)
+        self.record(w);
+        self.progress();
+        Ok(())
     }
 
-    /// Fetches one window to its end (or until its share is taken by a split).
+    /// Fetches one window to its end (or until its share is taken by a split). The next
+    /// page is requested while the current one is being stored, so a window costs one
+    /// round trip per page, not a round trip plus a commit.
     async fn run_window(&self, mut w: BackfillWindow) -> Result<(), BackfillError> {
         let active = Arc::new(Active {
             idx: w.idx,
@@ -498,23 +536,27 @@ impl Job {
                 PAGE_LIMIT,
             ),
         };
+        let mut fetched = if self.stop.load(Ordering::SeqCst) {
+            None
+        } else {
+            Some(self.client.get_page(&url).await)
+        };
         let result = loop {
-            if self.stop.load(Ordering::SeqCst) {
-                break Ok(());
-            }
-            let page = self.client.get_page(&url).await?;
+            let page = match fetched.take() {
+                None => break Ok(()),
+                Some(page) => page?,
+            };
             let opening = !self.first_page_ok.swap(true, Ordering::SeqCst);
-            let range = self.store_page(&page.items).await?;
+            let (events, range) = self.parse_page(&page.items);
             let oldest = range.map(|(o, _)| o);
             if let Some((o, n)) = range {
                 let d = page.items.len().saturating_sub(1).max(1) as f64 / (n - o).max(1) as f64;
                 active.density.store(d.to_bits(), Ordering::Relaxed);
-                self.last_density.store(d.to_bits(), Ordering::Relaxed);
             }
             if opening && page.next.is_some() || opening && page.items.len() >= PAGE_LIMIT as usize
             {
                 if let Some((o, n)) = range {
-                    self.fan_out(&active, o, n).await?;
+                    self.fan_out(&active, o, n);
                 }
             }
             let bound = active.after.load(Ordering::SeqCst);
@@ -550,18 +592,24 @@ impl Job {
                     ))
                 }
             };
+            // A link back to this very page would loop: the window ends here.
+            let next = next.filter(|n| *n != url);
             w.after = bound;
             w.next_href = next.clone();
             w.done = next.is_none();
-            {
-                let _persist = self.persist.lock().await;
-                self.save(&w).await?;
-            }
-            self.progress();
-            match next {
-                Some(n) if n != url => url = n,
-                Some(_) => break Ok(()),
-                None => break Ok(()),
+            let ahead = async {
+                match &next {
+                    Some(n) if !self.stop.load(Ordering::SeqCst) => {
+                        Some(self.client.get_page(n).await)
+                    }
+                    _ => None,
+                }
+            };
+            let (stored, ahead) = tokio::join!(self.store_page(events, &w), ahead);
+            stored?;
+            fetched = ahead;
+            if let Some(n) = next {
+                url = n;
             }
         };
         lock(&self.active).retain(|a| !Arc::ptr_eq(a, &active));
@@ -588,6 +636,20 @@ impl Job {
     }
 }
 
+/// Saves recorded progress as it gathers: one transaction at a time, each taking every
+/// window recorded since the last.
+async fn save_loop(job: Arc<Job>) {
+    loop {
+        if let Err(e) = job.save_recorded().await {
+            return job.fail(e);
+        }
+        if job.workers_done.load(Ordering::SeqCst) {
+            return;
+        }
+        job.saver.notified().await;
+    }
+}
+
 async fn worker(job: Arc<Job>) {
     loop {
         if job.stop.load(Ordering::SeqCst) {
@@ -604,10 +666,8 @@ async fn worker(job: Arc<Job>) {
         let window = match next {
             Some(w) => w,
             None => {
-                match job.split_one().await {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(e) => return job.fail(e),
+                if job.split_one() {
+                    continue;
                 }
                 if job.pending.load(Ordering::SeqCst) == 0 && lock(&job.queue).is_empty() {
                     job.wake.notify_waiters();
