@@ -31,10 +31,13 @@ const MIN_SPLIT_MS: i64 = 2;
 /// Fewest entries expected in a window's remainder for a split to pay (each split costs
 /// about one page of overlap).
 const MIN_SPLIT_ENTRIES: f64 = 3.0 * PAGE_LIMIT as f64;
-/// Pages' worth of time the first window keeps after the opening fan-out; the windows
-/// below it double in span, so recent (dense) history is cut finely and old (often empty)
-/// history coarsely.
-const FAN_OUT_FIRST_PAGES: f64 = 2.0;
+/// Pages' worth of time (at the density of the job's first page) each window of the opening
+/// fan-out spans; the last takes everything older. With 16 workers, 6.5 pages each puts the
+/// first ~2,000 entries in equal shares from the second round of requests (half a page
+/// short of 7, so an even history costs 7 requests a window, not 8); a longer
+/// history is shared out by splits as workers finish, and an empty old range costs one
+/// request.
+const FAN_OUT_WINDOW_PAGES: f64 = 6.5;
 
 /// What to fetch and how.
 #[derive(Debug, Clone)]
@@ -130,7 +133,10 @@ struct Active {
     before: i64,
     after: AtomicI64,
     oldest: AtomicI64,
-    /// Entries per ms in its last page (`f64` bits; 0 before the first page).
+    /// Entries per ms over the pages it has fetched (`f64` bits; 0 before the first page).
+    /// Over all its pages, not the last: one page can hold a burst in one millisecond,
+    /// and splitting by that page's density would cut the rest of the window into windows
+    /// that hold nothing.
     density: AtomicU64,
 }
 
@@ -377,32 +383,33 @@ impl Job {
 
     /// After the job's very first page (entries `o..=n`, more to come), cuts the rest of
     /// that window into one window per worker at once instead of waiting for splits: the
-    /// running window keeps about [`FAN_OUT_FIRST_PAGES`] pages' worth of time below `o`,
-    /// and each window below spans twice the one above, down to the window's lower bound.
-    /// A small organisation's history is then fetched with every worker from the second
-    /// round of requests; old, empty ranges cost one request each.
+    /// running window and each new one span [`FAN_OUT_WINDOW_PAGES`] pages' worth of time
+    /// at the first page's density, and the last new window takes everything older. A small
+    /// organisation's history is then fetched by every worker from the second round of
+    /// requests.
     fn fan_out(&self, active: &Active, o: i64, n: i64) {
         let workers = self.opts.concurrency.max(1);
         if workers < 2 {
             return;
         }
-        let page_span = ((n - o).max(1) as f64).max(1.0);
+        // Time one page covers: the first page's span, per interval between its entries.
+        let page_span = (n - o).max(1) as f64 * PAGE_LIMIT as f64 / (PAGE_LIMIT - 1) as f64;
+        let window_span = page_span * FAN_OUT_WINDOW_PAGES;
         // Under the lock splits take: nothing splits this window meanwhile.
         let _active = lock(&self.active);
         let floor = active.after.load(Ordering::SeqCst);
-        let first_upper = o - (page_span * FAN_OUT_FIRST_PAGES) as i64;
+        let first_upper = (n as f64 - window_span) as i64;
         if first_upper <= floor + MIN_SPLIT_MS {
             return;
         }
         let mut upper = first_upper;
-        let mut span = page_span * FAN_OUT_FIRST_PAGES * 2.0;
         let mut made = Vec::new();
         for i in 0..workers - 1 {
             let last = i == workers - 2;
             let lower = if last {
                 floor
             } else {
-                (upper as f64 - span).max(floor as f64) as i64
+                (upper as f64 - window_span).max(floor as f64) as i64
             };
             made.push(BackfillWindow {
                 idx: self.next_idx.fetch_add(1, Ordering::SeqCst),
@@ -415,7 +422,6 @@ impl Job {
                 break;
             }
             upper = lower + 1;
-            span *= 2.0;
         }
         for w in &made {
             self.record(w);
@@ -541,6 +547,8 @@ impl Job {
         } else {
             Some(self.client.get_page(&url).await)
         };
+        // Entries fetched, and the newest date among them, for the window's density.
+        let (mut seen, mut newest) = (0usize, i64::MIN);
         let result = loop {
             let page = match fetched.take() {
                 None => break Ok(()),
@@ -550,7 +558,9 @@ impl Job {
             let (events, range) = self.parse_page(&page.items);
             let oldest = range.map(|(o, _)| o);
             if let Some((o, n)) = range {
-                let d = page.items.len().saturating_sub(1).max(1) as f64 / (n - o).max(1) as f64;
+                seen += page.items.len();
+                newest = newest.max(n);
+                let d = seen.saturating_sub(1).max(1) as f64 / (newest - o).max(1) as f64;
                 active.density.store(d.to_bits(), Ordering::Relaxed);
             }
             if opening && page.next.is_some() || opening && page.items.len() >= PAGE_LIMIT as usize
