@@ -454,12 +454,6 @@ async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
         anyhow::ensure!(a < b, "--after must be earlier than --before");
     }
     let client = LdClient::new(&config.ld_base_url, token)?;
-    let store = Store::open_with(
-        &config.database_url,
-        config.database_max_connections,
-        std::sync::Arc::new(Metrics::new()),
-    )
-    .await?;
     let opts = Options {
         after: args.after,
         before: args.before,
@@ -468,7 +462,22 @@ async fn backfill(config: Config, args: BackfillArgs) -> anyhow::Result<()> {
         persist: true,
         progress_bar: true,
     };
-    let result = launchdarkly::run(&store, &client, opts).await;
+    // The first page is requested while the store opens and migrates; a store that cannot
+    // open is reported at once, without waiting for LaunchDarkly.
+    let first = launchdarkly::first_request(&client, &opts);
+    let open = Store::open_with(
+        &config.database_url,
+        config.database_max_connections,
+        std::sync::Arc::new(Metrics::new()),
+    );
+    let (store, opening) = {
+        tokio::pin!(first, open);
+        tokio::select! {
+            store = &mut open => (store?, first.await),
+            opening = &mut first => (open.await?, opening),
+        }
+    };
+    let result = launchdarkly::run_opened(&store, &client, opts, Some(opening)).await;
     store.close().await;
     let summary = result?;
     let verb = if summary.resumed {

@@ -638,6 +638,16 @@ impl Store {
         }
     }
 
+    /// Moves what the write-ahead log holds into the database file without blocking
+    /// writers (SQLite's passive checkpoint; nothing on Postgres). A bulk load calls it
+    /// between pages, so closing the store after it has little left to copy.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.checkpoint().await,
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Holds the background search indexer off while the returned value lives: a bulk load
     /// (backfill, poll) runs at full speed, and the indexer catches up afterwards (until
     /// then, searches scan the events it has not reached).

@@ -134,6 +134,17 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    // Each migration commits atomically either way; without waiting for the disk, a new
+    // store does not pay an fsync per migration before its first event. The first commit
+    // after them (synchronous again) makes them durable with it; a power loss before that
+    // loses whole migrations, which run again.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let applied = migrate_all(conn);
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    applied
+}
+
+fn migrate_all(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS _migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )?;
@@ -780,6 +791,14 @@ impl SqliteStore {
                 params![after, before, spec, now_ms()],
             )?;
             Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub(super) async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.progress(|conn| {
+            // Busy (another checkpoint running) is not an error: the next call catches up.
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         })
         .await
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use self::client::{LdClient, LdError, PAGE_LIMIT};
+use self::client::{LdClient, LdError, Page, PAGE_LIMIT};
 use self::policy::Policy;
 use crate::event::{normalise, Channel, NewEvent};
 use crate::now_ms;
@@ -38,6 +38,9 @@ const MIN_SPLIT_ENTRIES: f64 = 3.0 * PAGE_LIMIT as f64;
 /// history is shared out by splits as workers finish, and an empty old range costs one
 /// request.
 const FAN_OUT_WINDOW_PAGES: f64 = 6.5;
+
+/// How often a saved job checkpoints the store's write-ahead log (see [`save_loop`]).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 
 /// What to fetch and how.
 #[derive(Debug, Clone)]
@@ -167,6 +170,8 @@ struct Job {
     /// window that took over the rest of its range: a kill at any point loses nothing.
     unsaved: Mutex<std::collections::BTreeMap<i64, BackfillWindow>>,
     saver: tokio::sync::Notify,
+    /// The answer to a request made before the job started, for the window that asks it.
+    opening: Mutex<Option<(String, Result<Page, LdError>)>>,
     /// Set once every worker has stopped: the saver saves what is left and stops.
     workers_done: AtomicBool,
     /// Set once a page has been fetched: until then nothing is split, so a bad token or
@@ -187,14 +192,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The first window of a new job: the whole requested range (`before` defaults to now).
-fn whole_range(opts: &Options) -> BackfillWindow {
+fn whole_range(opts: &Options, now: i64) -> BackfillWindow {
     BackfillWindow {
         idx: 0,
         after: opts.after.unwrap_or(0),
-        before: opts.before.unwrap_or_else(|| now_ms() + 1),
+        before: opts.before.unwrap_or(now + 1),
         next_href: None,
         done: false,
     }
+}
+
+/// A new job's first request, made before the store is open (see [`first_request`]).
+pub struct Opening {
+    now: i64,
+    url: String,
+    page: Result<Page, LdError>,
+}
+
+/// Makes the first request a new job would make, so that it can run while the store opens
+/// and migrates; [`run_opened`] uses its answer if the job is new (a resumed job does not
+/// need it: one request spent).
+pub async fn first_request(client: &LdClient, opts: &Options) -> Opening {
+    let now = now_ms();
+    let w = whole_range(opts, now);
+    let spec = opts.policy.as_ref().and_then(|p| p.narrowing_spec());
+    let url = client.first_page_url(Some(w.after), Some(w.before), spec, PAGE_LIMIT);
+    let page = client.get_page(&url).await;
+    Opening { now, url, page }
 }
 
 /// Runs a backfill of `opts.after..opts.before` into `store`.
@@ -203,12 +227,23 @@ pub async fn run(
     client: &LdClient,
     opts: Options,
 ) -> Result<Summary, BackfillError> {
+    run_opened(store, client, opts, None).await
+}
+
+/// [`run`], with the answer to the job's first request if it was made already.
+pub async fn run_opened(
+    store: &Store,
+    client: &LdClient,
+    opts: Options,
+    opening: Option<Opening>,
+) -> Result<Summary, BackfillError> {
     let _hold = store.hold_indexer();
     let spec = opts
         .policy
         .as_ref()
         .and_then(|p| p.narrowing_spec())
         .map(str::to_owned);
+    let now = opening.as_ref().map_or_else(now_ms, |o| o.now);
     let mut resumed = false;
     let (job_id, windows) = if opts.persist {
         match store
@@ -230,13 +265,13 @@ pub async fn run(
                 let id = store
                     .backfill_create(opts.after, opts.before, spec.as_deref())
                     .await?;
-                let w = whole_range(&opts);
+                let w = whole_range(&opts, now);
                 store.backfill_save_windows(id, vec![w.clone()]).await?;
                 (Some(id), vec![w])
             }
         }
     } else {
-        (None, vec![whole_range(&opts)])
+        (None, vec![whole_range(&opts, now)])
     };
     let total_ms: u64 = windows
         .iter()
@@ -265,6 +300,7 @@ pub async fn run(
         active: Mutex::new(Vec::new()),
         next_idx: AtomicI64::new(next_idx),
         unsaved: Mutex::new(Default::default()),
+        opening: Mutex::new(opening.map(|o| (o.url, o.page))),
         saver: tokio::sync::Notify::new(),
         workers_done: AtomicBool::new(false),
         pending: std::sync::atomic::AtomicUsize::new(0),
@@ -542,8 +578,20 @@ impl Job {
                 PAGE_LIMIT,
             ),
         };
+        let opened = {
+            let mut opening = lock(&self.opening);
+            match opening.take() {
+                Some((u, page)) if u == url => Some(page),
+                other => {
+                    *opening = other;
+                    None
+                }
+            }
+        };
         let mut fetched = if self.stop.load(Ordering::SeqCst) {
             None
+        } else if let Some(page) = opened {
+            Some(page)
         } else {
             Some(self.client.get_page(&url).await)
         };
@@ -563,8 +611,7 @@ impl Job {
                 let d = seen.saturating_sub(1).max(1) as f64 / (newest - o).max(1) as f64;
                 active.density.store(d.to_bits(), Ordering::Relaxed);
             }
-            if opening && page.next.is_some() || opening && page.items.len() >= PAGE_LIMIT as usize
-            {
+            if opening && (page.next.is_some() || page.items.len() >= PAGE_LIMIT as usize) {
                 if let Some((o, n)) = range {
                     self.fan_out(&active, o, n);
                 }
@@ -649,9 +696,18 @@ impl Job {
 /// Saves recorded progress as it gathers: one transaction at a time, each taking every
 /// window recorded since the last.
 async fn save_loop(job: Arc<Job>) {
+    let mut checkpointed = Instant::now();
     loop {
         if let Err(e) = job.save_recorded().await {
             return job.fail(e);
+        }
+        // Off the pages' path, the log is copied into the database as it grows, so the
+        // store's close at the end has little left to copy.
+        if job.job_id.is_some() && checkpointed.elapsed() >= CHECKPOINT_EVERY {
+            checkpointed = Instant::now();
+            if let Err(e) = job.store.checkpoint().await {
+                return job.fail(e.into());
+            }
         }
         if job.workers_done.load(Ordering::SeqCst) {
             return;
