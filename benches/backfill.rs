@@ -165,6 +165,7 @@ async fn run_backfill(bin: &std::path::Path, fake: &FakeLd, db: &std::path::Path
             "AUDITHOOK_DATABASE_URL",
             format!("sqlite://{}", db.display()),
         )
+        .env("LD_API_TOKEN", fake.token())
         .env("LD_BASE_URL", &fake.base)
         .env(
             "RUST_LOG",

@@ -1039,6 +1039,11 @@ fn resources_column(resources: &str) -> String {
     pg_text(&lines.join("\n")).into_owned()
 }
 
+/// Groups in flight at once: while one commits (holding the insert lock, then waiting for
+/// the WAL flush), the next is encoded, sent and parsed, and waits for the lock on the
+/// server. The lock still commits groups one after another, so `seq` order is commit order.
+const GROUPS_IN_FLIGHT: usize = 2;
+
 /// The writer: takes every request queued, commits them in one transaction, answers each.
 async fn writer_loop(
     pool: PgPool,
@@ -1046,18 +1051,29 @@ async fn writer_loop(
     metrics: Arc<Metrics>,
     last_commit: Arc<super::writer::IndexerGate>,
 ) {
-    let mut group: Group = Vec::new();
-    while let Some(first) = rx.recv().await {
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        // A slot first, then the group: what queues meanwhile joins it.
+        while in_flight.len() >= GROUPS_IN_FLIGHT {
+            in_flight.join_next().await;
+        }
+        let Some(first) = rx.recv().await else { break };
+        let mut group: Group = Vec::new();
         let stop = gather(first, &mut rx, &mut group);
         if !group.is_empty() {
-            commit_group(&pool, &mut group, &metrics).await;
-            last_commit.committed();
+            let (pool, metrics, last_commit) = (pool.clone(), metrics.clone(), last_commit.clone());
+            in_flight.spawn(async move {
+                commit_group(&pool, &mut group, &metrics).await;
+                last_commit.committed();
+            });
         }
         if let Some(ack) = stop {
+            while in_flight.join_next().await.is_some() {}
             let _ = ack.send(());
             return;
         }
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
 async fn commit_group(pool: &PgPool, group: &mut Group, metrics: &Metrics) {
