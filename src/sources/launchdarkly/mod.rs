@@ -1,12 +1,15 @@
 //! Backfill and catch-up from LaunchDarkly's REST API (`GET /api/v2/auditlog`).
 //!
-//! The requested range is one time window at first; workers that find nothing to do split
-//! the largest window still being fetched at the midpoint of what it has left, so the range
+//! The requested range is one time window at first. Its first page gives the density of
+//! recent history, and the range is cut at once into one window per worker (see
+//! `Job::fan_out`); after that, workers that find nothing to do split the window expected
+//! to hold the most entries still to fetch at the midpoint of what it has left, so the range
 //! is fetched concurrently whatever its shape, without a first pass to measure it. Each
 //! window follows LaunchDarkly's `_links.next` (opaque) while it is present; where the API
 //! gives none, it pages by `before`, re-reading the boundary millisecond so entries that share
-//! it are not skipped (the store absorbs the repeats). A window's progress is saved only after
-//! the page's entries are committed: a killed job resumes where it stopped.
+//! it are not skipped (the store absorbs the repeats). A window requests its next page while
+//! the current one is stored. Its progress is recorded only after the page's entries are
+//! committed, and saved by one saver task: a killed job resumes where it stopped.
 
 pub mod catchup;
 pub mod client;
