@@ -3,8 +3,10 @@
 //!     command (process start, store creation, the fetch) against the seed script's
 //!     sequential page-after-page method on the same data, under a route budget of 1,000
 //!     requests per second (rate-limit headers as LaunchDarkly sends them), counting 429s.
-//!     By default a subset that runs in a few minutes; `BENCH_GRID=full` runs every size
-//!     (2,000, 6,000, 20,000, 100,000 entries) at every latency (20, 50, 100, 200 ms).
+//!     Each cell runs the command `BENCH_REPEAT` times (default 3; median and range) and the
+//!     sequential method once. By default a subset that runs in a few minutes;
+//!     `BENCH_GRID=full` runs every size (2,000, 6,000, 20,000, 100,000 entries) at every
+//!     latency (20, 50, 100, 200 ms); `BENCH_CELLS=N:MS,...` chosen cells.
 //! (b) 6,000 entries under a route budget of 50 requests per 10 s (300 pages: a floor of
 //!     about 60 s), counting 429s.
 //! (a) and (c), with `BENCH_BIG=1`: 62,000 entries at 100 ms, in process, against the

@@ -193,16 +193,7 @@ fn start_serve(
     port: u16,
     destinations: Option<&std::path::Path>,
 ) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audithook"));
-    cmd.arg("serve")
-        .env("AUDITHOOK_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AUDITHOOK_DATABASE_URL", url)
-        .env("AUDITHOOK_HOOK_TOKEN", TOKEN)
-        .env("AUDITHOOK_API_TOKEN", "bench-read-token")
-        .env("RUST_LOG", "warn")
-        .env_remove("LD_API_TOKEN")
-        .env_remove("AUDITHOOK_DESTINATIONS")
-        .stdout(Stdio::null());
+    let mut cmd = serve_command(url, port);
     if let Some(d) = destinations {
         cmd.env("AUDITHOOK_DESTINATIONS", d);
     }

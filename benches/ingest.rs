@@ -142,17 +142,7 @@ fn run_instances(
     let mut ports = Vec::new();
     for _ in 0..instances {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_audithook"))
-            .arg("serve")
-            .env("AUDITHOOK_LISTEN", format!("127.0.0.1:{port}"))
-            .env("AUDITHOOK_DATABASE_URL", url)
-            .env("AUDITHOOK_HOOK_TOKEN", TOKEN)
-            .env("AUDITHOOK_API_TOKEN", "bench-read-token")
-            .env("RUST_LOG", "warn")
-            .env_remove("LD_API_TOKEN")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start audithook");
+        let child = serve_command(url, port).spawn().expect("start audithook");
         rt.block_on(wait_listening(port));
         children.push(child);
         ports.push(port);

@@ -13,6 +13,22 @@ use tokio::net::TcpStream;
 
 pub const TOKEN: &str = "bench-hook-token";
 
+/// `audithook serve` on `127.0.0.1:port` over the store at `url`, with the bench's tokens,
+/// quiet, and none of the caller's LaunchDarkly or destination settings (not started).
+pub fn serve_command(url: &str, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audithook"));
+    cmd.arg("serve")
+        .env("AUDITHOOK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AUDITHOOK_DATABASE_URL", url)
+        .env("AUDITHOOK_HOOK_TOKEN", TOKEN)
+        .env("AUDITHOOK_API_TOKEN", "bench-read-token")
+        .env("RUST_LOG", "warn")
+        .env_remove("LD_API_TOKEN")
+        .env_remove("AUDITHOOK_DESTINATIONS")
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()

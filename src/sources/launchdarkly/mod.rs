@@ -386,7 +386,7 @@ impl Job {
             }
         }
         // Split the window expected to hold the most entries still to fetch, judged by the
-        // entries per ms of its last page, and only where enough is left to pay for the
+        // entries per ms over the pages it has read, and only where enough is left to pay for the
         // split. A window whose first page has not come back is not split: it may well be
         // empty (old history often is), and its answer is one round trip away.
         {
@@ -479,19 +479,18 @@ impl Job {
         }
     }
 
-    /// Saves what has been recorded, in one transaction; `true` when nothing was waiting.
-    async fn save_recorded(&self) -> Result<bool, BackfillError> {
+    /// Saves what has been recorded, in one transaction.
+    async fn save_recorded(&self) -> Result<(), BackfillError> {
         let Some(job) = self.job_id else {
-            return Ok(true);
+            return Ok(());
         };
         let windows: Vec<BackfillWindow> = std::mem::take(&mut *lock(&self.unsaved))
             .into_values()
             .collect();
-        if windows.is_empty() {
-            return Ok(true);
+        if !windows.is_empty() {
+            self.store.backfill_save_windows(job, windows).await?;
         }
-        self.store.backfill_save_windows(job, windows).await?;
-        Ok(false)
+        Ok(())
     }
 
     fn progress(&self) {
