@@ -201,21 +201,22 @@ struct Target {
 /// The whole body is parsed as every reader parses it (JSON nested at most 128 deep, no
 /// lone surrogate escapes), so whatever is accepted here reads back whole on every path.
 pub fn normalise(body: &[u8], channel: Channel) -> Result<NewEvent, EventError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| classify(body, e))?;
-    if !value.is_object() {
-        return Err(EventError::NotObject(match value {
-            Value::Array(_) => "an array",
-            Value::String(_) => "a string",
-            Value::Null => "null",
-            Value::Bool(_) => "a boolean",
-            _ => "a number",
-        }));
-    }
-    if depth(&value) > MAX_DEPTH {
-        return Err(EventError::TooDeep);
-    }
-    let incoming =
-        Incoming::deserialize(&value).map_err(|e| EventError::WrongType(e.to_string()))?;
+    // The common case in one walk that builds nothing, then the fields read straight from
+    // the bytes; anything unusual (an error to report, a repeated field) takes the checked
+    // path, which gives the same answer with the same message.
+    let incoming = match incoming_fast(body) {
+        Some(incoming) => incoming,
+        None => incoming_checked(body)?,
+    };
+    from_incoming(incoming, body, channel)
+}
+
+/// The stored columns from the fields read, the body kept as it came.
+fn from_incoming(
+    incoming: Incoming<'_>,
+    body: &[u8],
+    channel: Channel,
+) -> Result<NewEvent, EventError> {
     let id = incoming.id.ok_or(EventError::MissingId)?.into_owned();
     if id.is_empty()
         || id.len() > MAX_ID_LEN
@@ -312,6 +313,127 @@ pub fn normalise(body: &[u8], channel: Channel) -> Result<NewEvent, EventError> 
         action,
         resource,
     })
+}
+
+/// The checked path: the body parsed into a `Value` (so a repeated key keeps its last
+/// value, as every reader sees it), then the fields read from that.
+fn incoming_checked(body: &[u8]) -> Result<Incoming<'_>, EventError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| classify(body, e))?;
+    if !value.is_object() {
+        return Err(EventError::NotObject(match value {
+            Value::Array(_) => "an array",
+            Value::String(_) => "a string",
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            _ => "a number",
+        }));
+    }
+    if depth(&value) > MAX_DEPTH {
+        return Err(EventError::TooDeep);
+    }
+    Incoming::deserialize(value).map_err(|e| EventError::WrongType(e.to_string()))
+}
+
+/// The fast path: `None` wherever [`incoming_checked`] could answer differently. The walk
+/// accepts exactly what the `Value` parser accepts (it is the same parser, with its
+/// recursion limit and its checks of strings and numbers), and reading [`Incoming`] from
+/// the bytes fails on a repeated field where the `Value` would keep the last.
+fn incoming_fast(body: &[u8]) -> Option<Incoming<'_>> {
+    let Shape { object, depth } = serde_json::from_slice(body).ok()?;
+    if !object || depth > MAX_DEPTH {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
+/// What walking a JSON value learns without building it: whether it is an object and how
+/// deep arrays and objects nest in it (as [`depth`] counts).
+struct Shape {
+    object: bool,
+    depth: usize,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+struct ShapeVisitor;
+
+impl ShapeVisitor {
+    fn scalar<E>(self) -> Result<Shape, E> {
+        Ok(Shape {
+            object: false,
+            depth: 0,
+        })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+        self.scalar()
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+        self.scalar()
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+        self.scalar()
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+        self.scalar()
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+        self.scalar()
+    }
+    fn visit_unit<E>(self) -> Result<Shape, E> {
+        self.scalar()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+        let mut depth = 0;
+        while let Some(item) = seq.next_element::<Shape>()? {
+            depth = depth.max(item.depth);
+        }
+        Ok(Shape {
+            object: false,
+            depth: depth + 1,
+        })
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        let mut depth = 0;
+        while let Some((_, value)) = map.next_entry::<Key, Shape>()? {
+            depth = depth.max(value.depth);
+        }
+        Ok(Shape {
+            object: true,
+            depth: depth + 1,
+        })
+    }
+}
+
+/// An object's key, checked as a string (escapes decoded, lone surrogates refused) and
+/// dropped.
+struct Key;
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Key, E> {
+                Ok(Key)
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 fn classify(body: &[u8], e: serde_json::Error) -> EventError {
@@ -721,6 +843,61 @@ mod tests {
             normalise(b"{\"_id\":5,\"date\":1}", Channel::Hook),
             Err(EventError::WrongType(_))
         ));
+    }
+
+    /// The fast path answers exactly as the checked path would, or leaves the body to it.
+    #[test]
+    fn fast_and_checked_paths_agree() {
+        let deep = |n: usize| {
+            format!(
+                "{{\"_id\":\"d\",\"date\":1,\"x\":{}1{}}}",
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let bodies: Vec<String> = vec![
+            r#"{"_id":"a","date":5,"kind":"flag","name":"N","title":"T","member":{"_id":"m","email":"E@x","firstName":"A","lastName":"B"},"accesses":[{"action":"updateOn","resource":"proj/p:env/e:flag/f"}],"target":{"resources":["proj/p:env/e:flag/f","proj/p:env/e:flag/g"]},"extra":{"k":[1,2.5,-3,true,null,"s"]}}"#.into(),
+            r#"{"_id":"esc\u00e9\n","timestamp":{"milliseconds":7},"token":{"_id":"t","name":"ci"}}"#.into(),
+            // A repeated field: the checked path keeps the last, as readers do.
+            r#"{"_id":"first","_id":"second","date":1}"#.into(),
+            r#"{"_id":"a","date":1,"member":{"email":"x","email":"y"}}"#.into(),
+            r#"{"_id":"a","date":1,"ignored":1,"ignored":2}"#.into(),
+            // A lone surrogate in a field nobody reads is still refused.
+            r#"{"_id":"a","date":1,"other":"\ud800"}"#.into(),
+            r#"{"_id":"a","date":1,"\udc00":1}"#.into(),
+            r#"{"_id":"a","date":1,"n":1e400}"#.into(),
+            r#"{"_id":"a","date":1} x"#.into(),
+            r#"{"_id":"a","date":1.5}"#.into(),
+            r#"{"_id":"a","date":18446744073709551615}"#.into(),
+            r#"{"_id":"a","date":1,"kind":5}"#.into(),
+            r#"{"_id":"a","date":1,"kind":null,"member":null}"#.into(),
+            "[]".into(),
+            "\"s\"".into(),
+            "".into(),
+            deep(MAX_DEPTH - 1),
+            deep(MAX_DEPTH),
+            deep(126),
+            deep(127),
+            deep(200),
+        ];
+        for body in &bodies {
+            let b = body.as_bytes();
+            let checked = incoming_checked(b).and_then(|i| from_incoming(i, b, Channel::Hook));
+            let got = normalise(b, Channel::Hook);
+            assert_eq!(format!("{got:?}"), format!("{checked:?}"), "body {body}");
+        }
+        // The walk alone accepts what the checked path accepts, and counts depth alike.
+        assert!(incoming_fast(deep(MAX_DEPTH - 1).as_bytes()).is_some());
+        assert!(incoming_fast(deep(MAX_DEPTH).as_bytes()).is_none());
+        assert!(incoming_fast(bodies[2].as_bytes()).is_none());
+        assert_eq!(
+            normalise(bodies[2].as_bytes(), Channel::Hook).unwrap().id,
+            "second"
+        );
+        assert_eq!(
+            normalise(deep(MAX_DEPTH).as_bytes(), Channel::Hook).unwrap_err(),
+            EventError::TooDeep
+        );
     }
 
     #[test]
