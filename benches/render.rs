@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use audithook::render::{self, Renderer};
 
+/// The allocator the `audithook` binary ships with, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// (template, form variables, expected output) under the corpus directory.
 const CASES: &[(&str, &str, &str)] = &[
     (
