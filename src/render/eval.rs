@@ -761,6 +761,28 @@ impl<'a> State<'a> {
             }
             Head::Literal(_) => return fail("a literal cannot open a block"),
         };
+        // `{{#if x}}` / `{{#unless x}}` as most templates write them: one argument, no
+        // options, so no argument list to build.
+        if matches!(kind, HelperKind::If | HelperKind::Unless)
+            && call.args.len() == 1
+            && call.hash.is_empty()
+        {
+            let truthy = self.eval(&call.args[0])?.truthy(false);
+            return self.nodes(if truthy != (kind == HelperKind::Unless) {
+                body
+            } else {
+                inverse
+            });
+        }
+        // `{{#with x}}` / `{{#each x}}`: the one argument, without an argument list.
+        if matches!(kind, HelperKind::With | HelperKind::Each) && call.args.len() == 1 {
+            let v = self.eval(&call.args[0])?;
+            return if kind == HelperKind::With {
+                self.with_block(v, body, inverse, params)
+            } else {
+                self.each(v, body, inverse, params)
+            };
+        }
         let args = self.args(call)?;
         match kind {
             HelperKind::If | HelperKind::Unless => {
@@ -797,18 +819,7 @@ impl<'a> State<'a> {
                     return fail("#with requires exactly one argument");
                 }
                 let v = args.into_iter().next().unwrap_or(Js::Undefined);
-                if !truthy_with_zero(&v) {
-                    return self.nodes(inverse);
-                }
-                let pushed = params.first().map(|n| (n.clone(), v.clone()));
-                if let Some(p) = pushed.clone() {
-                    self.block_params.push(p);
-                }
-                let r = self.with_context(v, body);
-                if pushed.is_some() {
-                    self.block_params.pop();
-                }
-                r
+                self.with_block(v, body, inverse, params)
             }
             HelperKind::Each => {
                 if args.len() != 1 {
@@ -819,6 +830,29 @@ impl<'a> State<'a> {
             }
             _ => fail("this helper cannot open a block"),
         }
+    }
+
+    /// `{{#with v}}`: the body in `v`'s context (with `as |name|`, `v` named too), or the
+    /// inverse when `v` is falsy.
+    fn with_block(
+        &mut self,
+        v: Js<'a>,
+        body: &[Node],
+        inverse: &[Node],
+        params: &[String],
+    ) -> R<()> {
+        if !truthy_with_zero(&v) {
+            return self.nodes(inverse);
+        }
+        let pushed = params.first().map(|n| (n.clone(), v.clone()));
+        if let Some(p) = pushed.clone() {
+            self.block_params.push(p);
+        }
+        let r = self.with_context(v, body);
+        if pushed.is_some() {
+            self.block_params.pop();
+        }
+        r
     }
 
     /// `{{#value}}` where `value` is not a helper (handlebars.js `blockHelperMissing`).
