@@ -6,7 +6,9 @@
 //! Run: `cargo bench --bench render`. With `HANDLEBARS_JS=DIR` (a directory holding
 //! `node_modules/handlebars`, e.g. after `npm install --prefix DIR handlebars@4.7.7`) it
 //! also runs handlebars.js on the same templates and data with node, in the same run, and
-//! prints each template's ratio. `BENCH_SECONDS` sets the time per measurement (default 5).
+//! prints each template's ratio. The two sides take turns for `BENCH_ROUNDS` rounds (default
+//! 3) of `BENCH_SECONDS` each (default 2); the table gives each side's median and the
+//! ratio of the medians, then each round's ratio.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -118,24 +120,49 @@ fn main() {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(2);
+    // The two sides take turns, round after round, and each reports its median: a slow
+    // spell of this shared machine then falls on both sides instead of on one.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let hbjs = std::env::var("HANDLEBARS_JS").ok();
-    println!("render benchmark over {CONTEXT}, each template compiled once, {seconds} s each");
-    println!("| template | audithook renders/s | us/render | handlebars.js renders/s | ratio |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "render benchmark over {CONTEXT}, each template compiled once, {rounds} rounds of {seconds} s each side, medians"
+    );
+    println!("| template | audithook renders/s | us/render | handlebars.js renders/s | ratio | ratio by round |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     for case in CASES {
-        let ours = audithook_rate(&dir, case, seconds);
-        let theirs = hbjs
-            .as_deref()
-            .and_then(|h| handlebars_js_rate(h, &dir, case, seconds));
+        let (mut ours, mut theirs, mut by_round) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let o = audithook_rate(&dir, case, seconds);
+            ours.push(o);
+            if let Some(js) = hbjs
+                .as_deref()
+                .and_then(|h| handlebars_js_rate(h, &dir, case, seconds))
+            {
+                theirs.push(js);
+                by_round.push(format!("{:.2}", o / js));
+            }
+        }
+        let ours = median(&mut ours);
         let name = case.0.trim_start_matches("templates/");
-        match theirs {
-            Some(js) => println!(
-                "| {name} | {ours:.0} | {:.2} | {js:.0} | **{:.2}** |",
+        if theirs.len() == rounds {
+            let js = median(&mut theirs);
+            println!(
+                "| {name} | {ours:.0} | {:.2} | {js:.0} | **{:.2}** | {} |",
                 1e6 / ours,
-                ours / js
-            ),
-            None => println!("| {name} | {ours:.0} | {:.2} | (not run) | |", 1e6 / ours),
+                ours / js,
+                by_round.join(", ")
+            );
+        } else {
+            println!("| {name} | {ours:.0} | {:.2} | (not run) | | |", 1e6 / ours);
         }
     }
 }
