@@ -1,6 +1,6 @@
 //! Render benchmark: in-process renders per second of three framework templates over
 //! `contexts/fw-flag-toggle.json` (JSON-escaped, with each integration's preview form
-//! variables), each template compiled once: `datadog/default.json.hbs`,
+//! variables), each template compiled before timing: `datadog/default.json.hbs`,
 //! `splunk/template.json.hbs` and `elastic/template.json.hbs`.
 //!
 //! Run: `cargo bench --bench render`. With `HANDLEBARS_JS=DIR` (a directory holding
@@ -130,7 +130,7 @@ fn main() {
         .max(1);
     let hbjs = std::env::var("HANDLEBARS_JS").ok();
     println!(
-        "render benchmark over {CONTEXT}, each template compiled once, {rounds} rounds of {seconds} s each side, medians"
+        "render benchmark over {CONTEXT}, each template compiled before timing, {rounds} rounds of {seconds} s each side, medians"
     );
     println!("| template | audithook renders/s | us/render | handlebars.js renders/s | ratio | ratio by round |");
     println!("| --- | ---: | ---: | ---: | ---: | --- |");

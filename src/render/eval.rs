@@ -761,49 +761,31 @@ impl<'a> State<'a> {
             }
             Head::Literal(_) => return fail("a literal cannot open a block"),
         };
-        // `{{#if x}}` / `{{#unless x}}` as most templates write them: one argument, no
-        // options, so no argument list to build.
-        if matches!(kind, HelperKind::If | HelperKind::Unless)
-            && call.args.len() == 1
-            && call.hash.is_empty()
+        // The block helpers of one argument take it without building an argument list.
+        // Any other count has every argument evaluated first (an argument's own error
+        // comes first, as in handlebars.js), then is refused.
+        if let ([arg], HelperKind::If | HelperKind::Unless | HelperKind::With | HelperKind::Each) =
+            (call.args.as_slice(), kind)
         {
-            let truthy = self.eval(&call.args[0])?.truthy(false);
-            return self.nodes(if truthy != (kind == HelperKind::Unless) {
-                body
-            } else {
-                inverse
-            });
-        }
-        // `{{#with x}}` / `{{#each x}}`: the one argument, without an argument list.
-        if matches!(kind, HelperKind::With | HelperKind::Each) && call.args.len() == 1 {
-            let v = self.eval(&call.args[0])?;
-            return if kind == HelperKind::With {
-                self.with_block(v, body, inverse, params)
-            } else {
-                self.each(v, body, inverse, params)
+            let v = self.eval(arg)?;
+            return match kind {
+                HelperKind::If | HelperKind::Unless => {
+                    let include_zero = self.hash_truthy(call, "includeZero")?;
+                    let truthy = v.truthy(include_zero);
+                    self.nodes(if truthy != (kind == HelperKind::Unless) {
+                        body
+                    } else {
+                        inverse
+                    })
+                }
+                HelperKind::With => self.with_block(v, body, inverse, params),
+                _ => self.each(v, body, inverse, params),
             };
         }
         let args = self.args(call)?;
         match kind {
-            HelperKind::If | HelperKind::Unless => {
-                if args.len() != 1 {
-                    return fail(format!(
-                        "#{} requires exactly one argument",
-                        if kind == HelperKind::If {
-                            "if"
-                        } else {
-                            "unless"
-                        }
-                    ));
-                }
-                let include_zero = self.hash_truthy(call, "includeZero")?;
-                let truthy = args[0].truthy(include_zero);
-                self.nodes(if truthy != (kind == HelperKind::Unless) {
-                    body
-                } else {
-                    inverse
-                })
-            }
+            HelperKind::If => fail("#if requires exactly one argument"),
+            HelperKind::Unless => fail("#unless requires exactly one argument"),
             HelperKind::Equal => {
                 if args.len() != 2 {
                     return fail("equal needs exactly two arguments (TypeError: options.fn is not a function)");
@@ -814,20 +796,8 @@ impl<'a> State<'a> {
                     inverse
                 })
             }
-            HelperKind::With => {
-                if args.len() != 1 {
-                    return fail("#with requires exactly one argument");
-                }
-                let v = args.into_iter().next().unwrap_or(Js::Undefined);
-                self.with_block(v, body, inverse, params)
-            }
-            HelperKind::Each => {
-                if args.len() != 1 {
-                    return fail("Must pass iterator to #each");
-                }
-                let v = args.into_iter().next().unwrap_or(Js::Undefined);
-                self.each(v, body, inverse, params)
-            }
+            HelperKind::With => fail("#with requires exactly one argument"),
+            HelperKind::Each => fail("Must pass iterator to #each"),
             _ => fail("this helper cannot open a block"),
         }
     }
